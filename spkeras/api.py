@@ -1,0 +1,108 @@
+"""The Python API; the CLI is a thin layer over these four functions."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .evaluate import MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, run_snn, summarise
+from .ir import Graph
+from .methods import get_method
+from .methods.framework import convert as convert_graph
+from .snn import SpikingNetwork, load_snn
+
+DEFAULT_CALIB_N = 2000
+
+
+def load_model(source) -> Graph | SpikingNetwork:
+    """A CNN graph from a Keras file or model, or a converted network from a ``.snn`` file."""
+    if isinstance(source, (Graph, SpikingNetwork)):
+        return source
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".snn":
+        return load_snn(source)
+    from .importers import load_model as import_model
+
+    return import_model(source)
+
+
+def as_dataset(data, n: int | None = None) -> Dataset:
+    """A Dataset from a path, a Dataset, or an (x, y) pair of NHWC arrays."""
+    if isinstance(data, Dataset):
+        return data.take(n)
+    if isinstance(data, (str, os.PathLike)):
+        return load_dataset(data, n)
+    x, y = data
+    x = np.asarray(x)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    return Dataset(x=x, y=np.asarray(y, dtype=np.int64), classes=None, source="array").take(n)
+
+
+def check_device(device: str) -> str:
+    """The device name, if torch can use it."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, calib_n: int | None = DEFAULT_CALIB_N,
+            batch_size: int = 100, device: str = "cpu", **options) -> SpikingNetwork:
+    """Convert a CNN (path, keras.Model or Graph) into a SpikingNetwork.
+
+    ``method`` names a preset (``ecc``, ``rueckauer2017``, …); ``options`` override its switches
+    (e.g. ``tre='initial'``, ``eta=0.6``). λ comes from the first ``calib_n`` calibration images.
+    """
+    graph = load_model(model)
+    if isinstance(graph, SpikingNetwork):
+        raise ConfigError("this model is already a converted .snn network")
+    preset = get_method(method, **options)
+    images = None
+    if calibration is not None:
+        dataset = as_dataset(calibration)
+        images = checked_images(dataset.take(min(calib_n, len(dataset))) if calib_n else dataset, graph)
+    return convert_graph(graph, images, preset, timesteps, batch_size, check_device(device))
+
+
+def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
+             mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
+             batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
+             **options) -> EvaluationResult:
+    """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if timesteps < 1:
+        raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    device = check_device(device)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    loaded = load_model(model)
+    net = loaded if isinstance(loaded, SpikingNetwork) else convert(
+        loaded, calibration, method, timesteps, calib_n, batch_size, device, **options)
+    converted = time.perf_counter()
+    dataset = as_dataset(data, n)
+    images, labels = images_and_labels(dataset, net.cnn)
+    cnn_pred = cnn_predictions(net.to(device).cnn, images, batch_size, device)
+    cnn_done = time.perf_counter()
+    readout = readout or net.method.readout
+    record = run_snn(net, images, timesteps, mode, readout, batch_size, device, seed, checkpoints)
+    fields = summarise(net, record, labels, cnn_pred, timesteps, readout)
+    notes = []
+    if net.method.tre == "spread" and timesteps != net.timesteps:
+        notes.append(f"spread TRE was set for T={net.timesteps}; the run lasted {timesteps} steps")
+    return EvaluationResult(
+        method=net.method.name, mode=mode, timesteps=timesteps, n=len(dataset), readout=readout,
+        cnn_accuracy=float((cnn_pred == labels).double().mean()),
+        timings={"convert_s": converted - started, "cnn_s": cnn_done - converted, "snn_s": record.seconds,
+                 "total_s": time.perf_counter() - started},
+        settings=net.method.to_dict(), lambdas=net.lambdas, device=device, seed=seed,
+        model=str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", type(model).__name__),
+        data=dataset.source, converted_for_timesteps=net.timesteps, mode_description=MODES[mode], notes=notes,
+        **fields,
+    )

@@ -1,0 +1,92 @@
+"""The CLI's subcommands, each a thin wrapper over the Python API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import api
+from .atomic import write_json, write_text
+from .evaluate import EvaluationResult, default_checkpoints
+from .ir import neurons
+from .methods.framework import spike_sites
+from .metrics import cnn_operations
+from .passes import canonicalise
+from .plots import plot_curves
+from .snn import save_snn
+
+
+def format_table(header: list[str], rows: list[list]) -> str:
+    """A plain fixed-width text table."""
+    cells = [header] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_info(args) -> int:
+    loaded = api.load_model(args.model)
+    graph = loaded.cnn if isinstance(loaded, api.SpikingNetwork) else canonicalise(loaded)
+    sites = set(spike_sites(graph, args.spiking_pools))
+    ops = cnn_operations(graph)
+    rows = []
+    for node in graph.nodes:
+        rows.append([node.name, node.op, node.source, "x".join(map(str, node.shape)), neurons(node),
+                     "yes" if node.name in sites else "", f"{ops.per_layer.get(node.name, 0) / 1e6:.3f}"])
+    print(format_table(["node", "op", "from", "shape", "neurons", "spiking", "MMAC"], rows))
+    spiking = [r for r in rows if r[5]]
+    print(f"\n{len(spiking)} spiking layers, {sum(r[4] for r in spiking)} spiking neurons; "
+          f"CNN per image: {ops.macs / 1e6:.2f} M multiply-accumulates, {ops.eq13 / 1e6:.2f} MOps by Eq. 13")
+    if args.json:
+        write_json(args.json, {"model": args.model, "macs_per_image": ops.macs, "eq13_ops_per_image": ops.eq13,
+                               "layers": [dict(zip(["node", "op", "source", "shape", "neurons", "spiking", "mmac"], r))
+                                          for r in rows]})
+    return 0
+
+
+def run_convert(args) -> int:
+    from .cli import method_overrides
+
+    net = api.convert(args.model, args.calib, args.method, args.timesteps, args.calib_n, args.batch_size,
+                      args.device, **method_overrides(args))
+    save_snn(net, args.output)
+    print(f"wrote {args.output}: {net.method.name}, {len(net.spike_nodes)} spiking layers, made for T={net.timesteps}")
+    return 0
+
+
+def summary(result: EvaluationResult) -> str:
+    """A short text report of one evaluation."""
+    shown = [t for t in default_checkpoints(result.timesteps) if t >= min(8, result.timesteps)]
+    rows = [[t, result.snn_accuracy[t - 1] * 100, result.agreement[t - 1] * 100, result.mops_at(t)]
+            for t in shown if result.snn_accuracy[t - 1] is not None]
+    head = (f"{result.method} | mode: {result.mode} ({result.mode_description}) | n={result.n} | "
+            f"device={result.device} | CNN accuracy {result.cnn_accuracy * 100:.2f}%")
+    table = format_table(["T", "SNN acc %", "agree w/ CNN %", "MOps/image"], rows)
+    energy = result.energy_pj
+    tail = (f"energy per image: SNN {energy['snn_per_image'] / 1e6:.2f} µJ vs CNN {energy['cnn_per_image'] / 1e6:.2f} µJ "
+            f"({energy['ac_pj']} pJ/AC, {energy['mac_pj']} pJ/MAC); SNN time {result.timings['snn_s']:.1f} s")
+    return "\n".join([head, table, tail, *result.notes])
+
+
+def run_evaluate(args) -> int:
+    from .cli import method_overrides
+
+    result = api.evaluate(args.model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
+                          args.readout, args.device, args.seed, args.batch_size, args.calib_n, args.checkpoints,
+                          **method_overrides(args))
+    print(summary(result))
+    if args.json:
+        result.save_json(args.json)
+    if args.csv:
+        result.save_csv(args.csv)
+    if args.plot:
+        plot_curves({result.method: result}, "accuracy", args.plot)
+        plot_curves({result.method: result}, "mops", Path(args.plot).with_name(Path(args.plot).stem + "_mops.png"))
+    return 0
+
+
+def run_demo(args) -> int:
+    from .demo import run_demo as demo
+
+    print(demo(args.out, device=args.device, seed=args.seed))
+    return 0

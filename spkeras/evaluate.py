@@ -1,0 +1,191 @@
+"""Evaluation: CNN and SNN on the same images, and every measurement in one result."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import __version__
+from .atomic import write_json, write_text
+from .closed_form import closed_form
+from .data import DataError, Dataset
+from .errors import ConfigError
+from .ir import Graph, neurons
+from .metrics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ, cnn_operations, energy_pj, fan_out
+from .ops import run_graph, to_channels_first
+from .simulate import SimulationRecord, simulate
+from .snn import SpikingNetwork
+
+MODES = {
+    "simulate": "time-stepped integrate-and-fire simulation (Eq. 2-4), every timestep",
+    "count": "closed-form spike counts (one forward pass per evaluated t); ignores spike timing",
+}
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation measured; :meth:`to_dict` is the JSON document.
+
+    Accuracies are fractions. ``snn_accuracy[t-1]`` and ``agreement[t-1]`` are after t steps
+    (None where the mode did not evaluate t). Operation counts are per image.
+    """
+
+    method: str
+    mode: str
+    timesteps: int
+    n: int
+    readout: str
+    cnn_accuracy: float
+    snn_accuracy: list[float | None]
+    agreement: list[float | None]
+    evaluated_timesteps: list[int]
+    spikes_per_layer: list[dict]
+    synops: dict
+    input_macs: dict
+    macs: dict
+    energy_pj: dict
+    timings: dict
+    settings: dict
+    lambdas: dict
+    device: str
+    seed: int
+    model: str = ""
+    data: str = ""
+    converted_for_timesteps: int = 0
+    mode_description: str = ""
+    spkeras_version: str = __version__
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def accuracy_at(self, t: int) -> float | None:
+        """SNN accuracy after t steps."""
+        return self.snn_accuracy[t - 1]
+
+    def mops_at(self, t: int) -> float | None:
+        """Synaptic operations per image (millions) during the first t steps."""
+        return self.synops["mops_per_image"][t - 1]
+
+    def save_json(self, path) -> None:
+        write_json(path, self.to_dict())
+
+    def save_csv(self, path) -> None:
+        """One row per timestep: accuracy, agreement with the CNN, cumulative MOps."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["t", "mode", "snn_accuracy", "cnn_accuracy", "agreement", "synops_mops_per_image"])
+        for t in range(1, self.timesteps + 1):
+            if self.snn_accuracy[t - 1] is None:
+                continue
+            writer.writerow([t, self.mode, self.snn_accuracy[t - 1], self.cnn_accuracy, self.agreement[t - 1],
+                             self.synops["mops_per_image"][t - 1]])
+        write_text(path, buffer.getvalue())
+
+
+def checked_images(data: Dataset, graph: Graph) -> torch.Tensor:
+    """Channels-first images, checked against the model's input shape."""
+    x = to_channels_first(torch.from_numpy(np.ascontiguousarray(data.x)))
+    if tuple(x.shape[1:]) != tuple(graph.input.shape):
+        raise DataError(
+            f"{data.source}: images have shape {tuple(data.x.shape[1:])} (H, W, C) but the model expects "
+            f"{tuple(graph.input.shape)} (C, H, W)"
+        )
+    return x
+
+
+def images_and_labels(data: Dataset, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channels-first images and labels, checked against the model's input shape and classes."""
+    x = checked_images(data, graph)
+    classes = graph.node(graph.output).shape[0]
+    y = torch.from_numpy(data.y)
+    if int(y.max()) >= classes or int(y.min()) < 0:
+        raise DataError(f"{data.source}: labels run from {int(y.min())} to {int(y.max())} but the model has {classes} outputs")
+    return x, y
+
+
+def cnn_predictions(cnn: Graph, images: torch.Tensor, batch_size: int, device: str) -> torch.Tensor:
+    """The CNN's predicted class for every image."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            out.append(run_graph(cnn, images[start : start + batch_size].to(device)).argmax(dim=1).cpu())
+    return torch.cat(out)
+
+
+def default_checkpoints(timesteps: int) -> list[int]:
+    """Powers of two up to T, and T: where the closed form is evaluated by default."""
+    return sorted({2 ** k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})
+
+
+def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
+            keep_neuron_counts=False) -> SimulationRecord:
+    """Run the network in the chosen mode."""
+    if mode == "simulate":
+        return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, device=device, seed=seed,
+                        keep_neuron_counts=keep_neuron_counts)
+    if mode == "count":
+        return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
+                           batch_size=batch_size, device=device, seed=seed)
+    raise ConfigError(f"mode must be simulate or count, got {mode!r}")
+
+
+def layer_table(net: SpikingNetwork, record: SimulationRecord, n: int) -> list[dict]:
+    """Spikes per layer at the final step: per image, per neuron, rate, synops per image."""
+    fanouts = fan_out(net.graph)
+    rows = []
+    steps = record.steps[-1]
+    for index, name in enumerate(record.layers):
+        node = net.graph.node(name)
+        count = neurons(node)
+        per_image = float(record.spikes[-1, index]) / n
+        rows.append({
+            "layer": name,
+            "source": node.source or ("input encoding" if node.op == "input" else name),
+            "neurons": count,
+            "threshold": node.attrs.get("threshold"),
+            "spikes_per_image": per_image,
+            "spikes_per_neuron": per_image / count,
+            "rate": per_image / count / steps,
+            "synops_per_image": float(record.synops[-1, index]) / n,
+            "fan_out_mean": float(fanouts[name].mean()),
+        })
+    return rows
+
+
+def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tensor, cnn_pred: torch.Tensor,
+              timesteps: int, readout: str, energy: tuple[float, float] = (ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ)) -> dict:
+    """Accuracy, agreement, operation counts and energy as the result's fields."""
+    n = labels.shape[0]
+    accuracy, agreement, mops = [None] * timesteps, [None] * timesteps, [None] * timesteps
+    for row, t in enumerate(record.steps):
+        accuracy[t - 1] = float((record.predictions[row] == labels).double().mean())
+        agreement[t - 1] = float((record.predictions[row] == cnn_pred).double().mean())
+        mops[t - 1] = float(record.synops[row].sum()) / n / 1e6
+    synops_final = float(record.synops[-1].sum()) / n
+    analog_synapses = float(fan_out(net.graph)[net.graph.input.name].sum()) if net.method.encoding == "analog" else 0.0
+    input_macs = analog_synapses * timesteps
+    ops = cnn_operations(net.cnn)
+    ac_pj, mac_pj = energy
+    snn_energy = energy_pj(synops_final, input_macs, ac_pj, mac_pj)
+    cnn_energy = energy_pj(0.0, ops.macs, ac_pj, mac_pj)
+    return {
+        "snn_accuracy": accuracy, "agreement": agreement, "evaluated_timesteps": list(record.steps),
+        "spikes_per_layer": layer_table(net, record, n),
+        "synops": {"per_image": synops_final, "mops_per_image": mops,
+                   "mops_per_image_per_timestep": synops_final / timesteps / 1e6},
+        "input_macs": {"per_image": input_macs, "mops_per_image": input_macs / 1e6,
+                       "note": "analog input: the first layer's multiply-accumulates at every step"
+                       if analog_synapses else "spiking input: counted in synops"},
+        "macs": {"eq13_per_image": ops.eq13, "mac_per_image": ops.macs, "eq13_mops_per_image": ops.eq13 / 1e6},
+        "energy_pj": {"snn_per_image": snn_energy, "cnn_per_image": cnn_energy,
+                      "snn_over_cnn": snn_energy / cnn_energy if cnn_energy else None,
+                      "ac_pj": ac_pj, "mac_pj": mac_pj},
+    }

@@ -1,0 +1,136 @@
+"""Framework-neutral graph IR shared by every stage of the pipeline.
+
+A :class:`Graph` is a list of :class:`Node` in topological order. Tensors are
+channels-first (N, C, H, W) or (N, F); shapes stored on nodes omit the batch axis.
+Importers produce a CNN graph; passes rewrite it; the converter turns it into a
+spiking graph (``spike`` nodes replace ``relu``) that the simulator runs.
+
+Operators and their fields:
+
+==================  ==========================================  ===================================
+op                  params                                      attrs
+==================  ==========================================  ===================================
+input               –                                           –
+conv2d              weight (O, I, kh, kw), bias (O) optional     stride (sh, sw), padding (t, b, l, r)
+dense               weight (O, I), bias (O) optional            –
+batchnorm           gamma, beta, mean, var                      eps
+relu, softmax,      –                                           –
+dropout
+avgpool             –                                           kernel, stride, scale (default 1)
+global_avgpool      –                                           scale (default 1)
+flatten             –                                           – (channels-first order)
+add                 –                                           coefficients (default all 1)
+spike               –                                           threshold, reset, v_init, step_current
+==================  ==========================================  ===================================
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ModelError
+
+LINEAR_OPS = ("conv2d", "dense", "avgpool", "global_avgpool", "flatten", "add")
+WEIGHTED_OPS = ("conv2d", "dense")
+
+
+class GraphError(ModelError):
+    """A graph that the pipeline cannot handle; the message is one user-facing line."""
+
+
+@dataclass
+class Node:
+    """One operator: its inputs are node names, params are tensors, attrs are JSON-able."""
+
+    name: str
+    op: str
+    inputs: list[str] = field(default_factory=list)
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)
+    shape: tuple[int, ...] = ()
+    source: str = ""  # the layer this node came from, e.g. "conv2d_3 (Conv2D)"
+
+
+@dataclass
+class Graph:
+    """A DAG of nodes in topological order; ``nodes[0]`` is the single input."""
+
+    nodes: list[Node]
+    output: str
+    name: str = "model"
+
+    def __post_init__(self):
+        self._index = {n.name: n for n in self.nodes}
+
+    def node(self, name: str) -> Node:
+        return self._index[name]
+
+    @property
+    def input(self) -> Node:
+        return self.nodes[0]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def replace(self, nodes: list[Node], output: str | None = None) -> "Graph":
+        """A new graph with these nodes (params shared, not copied)."""
+        return Graph(nodes=nodes, output=output or self.output, name=self.name)
+
+    def clone(self) -> "Graph":
+        """A deep copy whose tensors can be modified freely."""
+        return copy.deepcopy(self)
+
+    def nodes_of(self, *ops: str) -> list[Node]:
+        return [n for n in self.nodes if n.op in ops]
+
+
+def remove_node(graph: Graph, name: str) -> Graph:
+    """Drop a single-input node, rewiring its consumers to its input."""
+    victim = graph.node(name)
+    if len(victim.inputs) != 1:
+        raise GraphError(f"cannot bypass node {name!r}: it has {len(victim.inputs)} inputs")
+    source = victim.inputs[0]
+    kept = []
+    for node in graph.nodes:
+        if node.name == name:
+            continue
+        node.inputs = [source if i == name else i for i in node.inputs]
+        kept.append(node)
+    output = source if graph.output == name else graph.output
+    return graph.replace(kept, output)
+
+
+def insert_after(graph: Graph, after: str, new: Node) -> Graph:
+    """Insert ``new`` (whose input is ``after``) and rewire ``after``'s consumers to it."""
+    nodes = []
+    for node in graph.nodes:
+        if node.name != new.name:
+            node.inputs = [new.name if i == after else i for i in node.inputs]
+        nodes.append(node)
+        if node.name == after:
+            nodes.append(new)
+    new.inputs = [after]
+    output = new.name if graph.output == after else graph.output
+    return graph.replace(nodes, output)
+
+
+def unique_name(graph: Graph, base: str) -> str:
+    """``base`` if unused in the graph, else ``base_1``, ``base_2``…"""
+    taken = {n.name for n in graph.nodes}
+    if base not in taken:
+        return base
+    k = 1
+    while f"{base}_{k}" in taken:
+        k += 1
+    return f"{base}_{k}"
+
+
+def neurons(node: Node) -> int:
+    """Number of units in a node's output."""
+    count = 1
+    for d in node.shape:
+        count *= d
+    return count

@@ -1,0 +1,147 @@
+"""The unifying conversion framework (Proposition 1, Eq. 2–6), implemented once.
+
+Every method is a :class:`~spkeras.methods.settings.Method` preset; this module turns a CNN
+graph plus calibration images into a spiking graph for any preset:
+
+1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax);
+2. choose the spiking sites: every ReLU, every average pool (``spiking_pools``), the output;
+3. calibrate λ_n at every site;
+4. replace ReLUs by IF neurons (``spike`` nodes) and rescale synapses so that the current into
+   site n is in units of λ_n / V_thr^n: with input in units u_in, W ← (u_in V_thr/λ_n)·W and
+   b ← (V_thr/λ_n)·b. With V_thr = κ this is Eq. 8 (CN); with V_thr = 1, weight normalisation;
+   with weights kept, V_thr = λ_n/u_in, threshold balancing (Remark 1);
+5. add TRE charge (Eq. 9) and the reset rule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..calibrate import calibrate
+from ..errors import ConfigError
+from ..ir import Graph, GraphError, Node, insert_after, unique_name
+from ..passes import canonicalise
+from ..snn import SpikingNetwork
+from . import ecc
+from .settings import Method
+
+POOL_OPS = ("avgpool", "global_avgpool")
+
+
+def spike_sites(graph: Graph, spiking_pools: bool) -> list[str]:
+    """Names of the CNN nodes whose outputs become spiking neurons, in topological order."""
+    sites = []
+    for node in graph.nodes:
+        if node.op == "relu" or (spiking_pools and node.op in POOL_OPS) or node.name == graph.output:
+            sites.append(node.name)
+    return sites
+
+
+def convert(
+    cnn: Graph,
+    calibration: torch.Tensor | None,
+    method: Method,
+    timesteps: int,
+    batch_size: int = 100,
+    device: str = "cpu",
+) -> SpikingNetwork:
+    """Convert an imported CNN graph into a spiking network under ``method``.
+
+    ``calibration`` holds channels-first images for λ; it may be None only when the method
+    needs no statistic (``statistic='none'``). ``timesteps`` is T, used by spread TRE.
+    """
+    if timesteps < 1:
+        raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    reference = canonicalise(cnn, use_eps=True)
+    folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
+    sites = spike_sites(folded, method.spiking_pools)
+    lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
+    graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
+    normalise(graph, spike_lambdas, method, timesteps)
+    return SpikingNetwork(graph=graph, method=method, timesteps=timesteps, lambdas=spike_lambdas, cnn=reference)
+
+
+def site_lambdas(graph, sites, calibration, method: Method, batch_size: int, device: str) -> dict[str, float]:
+    """λ_n for each site, times the method's ``lambda_scale`` (threshold scaling)."""
+    if method.statistic == "none":
+        raw = {s: 1.0 for s in sites}
+    else:
+        if calibration is None:
+            raise ConfigError(f"method {method.name!r} needs calibration images (--calib) for λ")
+        percentile = method.percentile if method.statistic == "percentile" else None
+        raw = calibrate(graph, sites, calibration, percentile, batch_size, device)
+    return {s: v * method.lambda_scale for s, v in raw.items()}
+
+
+def insert_neurons(graph: Graph, sites: list[str], lambdas: dict[str, float]) -> tuple[Graph, dict[str, float]]:
+    """Turn each site into a ``spike`` node: ReLUs in place, other sites get one appended."""
+    spike_lambdas = {}
+    for site in sites:
+        node = graph.node(site)
+        if node.op == "relu":
+            node.op = "spike"
+            spike_lambdas[site] = lambdas[site]
+            continue
+        name = unique_name(graph, f"{site}_spike")
+        graph = insert_after(graph, site, Node(name=name, op="spike", shape=node.shape, source=node.source))
+        spike_lambdas[name] = lambdas[site]
+    leftover = [n for n in graph.nodes if n.op not in ("input", "spike", *POOL_OPS, "conv2d", "dense", "flatten", "add")]
+    if leftover:
+        raise GraphError(f"cannot convert {leftover[0].source or leftover[0].name}: unexpected {leftover[0].op!r} node")
+    return graph, spike_lambdas
+
+
+def threshold(method: Method, lam: float, input_unit: float) -> float:
+    """V_thr^n: κ (CN, Eq. 8) or 1 under weight normalisation; λ_n/u_in under threshold balancing."""
+    if method.threshold_rule == "balance":
+        return lam / input_unit
+    return ecc.cn_threshold(method.kappa) if method.cn else 1.0
+
+
+def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: int) -> None:
+    """Propagate units through the graph and rescale synapses in place (Proposition 1).
+
+    ``unit[x]`` is the CNN value that one SNN unit of node x stands for: 1 for the input,
+    λ_n for a spike (rate 1 ⇔ activation λ_n). Linear nodes keep their input's unit, except
+    the node feeding a neuron, which is rescaled by u_in·V_thr/λ_n.
+    """
+    unit = {graph.input.name: 1.0}
+    for node in graph.nodes[1:]:
+        if node.op == "spike":
+            source = graph.node(node.inputs[0])
+            lam = lambdas[node.name]
+            v_thr = threshold(method, lam, unit[source.name])
+            rescale(source, unit[source.name] * v_thr / lam)
+            configure_neuron(node, v_thr, method, timesteps)
+            unit[node.name] = lam
+            continue
+        first = unit[node.inputs[0]]
+        if node.op in ("conv2d", "dense") and "bias" in node.params:
+            node.params["bias"] = node.params["bias"] / first
+        if node.op == "add":
+            node.attrs["coefficients"] = [unit[i] / first for i in node.inputs]
+        unit[node.name] = first
+
+
+def rescale(node: Node, factor: float) -> None:
+    """Multiply a linear node's output by ``factor`` (weights and bias, or its scale attribute)."""
+    if node.op in ("conv2d", "dense"):
+        for key in ("weight", "bias"):
+            if key in node.params:
+                node.params[key] = node.params[key] * factor
+    elif node.op in POOL_OPS:
+        node.attrs["scale"] = node.attrs.get("scale", 1.0) * factor
+    elif node.op == "add":
+        node.attrs["coefficients"] = [c * factor for c in node.attrs["coefficients"]]
+    else:
+        raise GraphError(f"a spiking neuron cannot follow {node.source or node.name} ({node.op})")
+
+
+def configure_neuron(node: Node, v_thr: float, method: Method, timesteps: int) -> None:
+    """Threshold, reset rule and TRE charge (Eq. 9, or V(0) = η·V_thr) of one spike node."""
+    node.attrs = {
+        "threshold": v_thr,
+        "reset": method.reset,
+        "v_init": ecc.tre_initial_potential(method.eta, v_thr) if method.tre == "initial" else 0.0,
+        "step_current": ecc.tre_step_current(method.eta, v_thr, timesteps) if method.tre == "spread" else 0.0,
+    }

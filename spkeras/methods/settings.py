@@ -1,0 +1,81 @@
+"""The switches of the one conversion framework; every method is a preset of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+CHOICES = {
+    "threshold_rule": ("normalise", "balance"),
+    "statistic": ("max", "percentile", "none"),
+    "tre": ("off", "spread", "initial"),
+    "reset": ("subtract", "zero"),
+    "encoding": ("analog", "algorithm1", "poisson"),
+    "readout": ("spikes", "potential"),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A conversion method as a set of switches over Proposition 1 (Eq. 2–6).
+
+    threshold_rule: ``normalise`` scales weights so the current reaching layer n is in units of
+        λ_n/V_thr (weight normalisation, Remark 1); ``balance`` keeps weights and sets
+        V_thr so the same holds (threshold balancing).
+    cn, kappa: with ``normalise``, V_thr = κ when ``cn`` (ECC's CN, Eq. 8), else V_thr = 1.
+    statistic, percentile: λ_n is the maximum activation, a percentile, or 1 (``none``:
+        no normalisation at all).
+    lambda_scale: multiplies every λ_n (threshold scaling: RMP's α).
+    tre, eta: TRE (Eq. 9) spread over T, as an initial potential, or off.
+    cmb: fold batch-norm with its ε (Eq. 11–12); off folds without ε.
+    reset: reset by subtraction (Eq. 2) or to zero.
+    encoding, kappa0: analog current, Algorithm 1 with threshold κ₀, or Bernoulli (Poisson) spikes.
+    spiking_pools: average-pooling layers get their own spiking neurons.
+    readout: the output layer's spike count, or its membrane potential (non-firing).
+    """
+
+    name: str = "custom"
+    citation: str = ""
+    threshold_rule: str = "normalise"
+    cn: bool = True
+    kappa: float = 100.0
+    statistic: str = "max"
+    percentile: float = 99.9
+    lambda_scale: float = 1.0
+    tre: str = "off"
+    eta: float = 0.5
+    cmb: bool = True
+    reset: str = "subtract"
+    encoding: str = "analog"
+    kappa0: float = 100.0
+    spiking_pools: bool = True
+    readout: str = "spikes"
+
+    def __post_init__(self):
+        for field, allowed in CHOICES.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
+        if not 0 <= self.eta < 1:
+            raise ConfigError(f"eta must be in [0, 1), got {self.eta}")
+        for field in ("kappa", "kappa0", "lambda_scale"):
+            if not getattr(self, field) > 0:
+                raise ConfigError(f"{field} must be positive, got {getattr(self, field)}")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+
+    def with_options(self, **changes) -> "Method":
+        """A copy with some switches changed; unknown switch names raise ConfigError."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(f"unknown method option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Method":
+        return cls().with_options(**data)

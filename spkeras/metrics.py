@@ -1,0 +1,95 @@
+"""Operation counts and energy: exact fan-out (Eq. 14), CNN operations (Eq. 13), energy in pJ.
+
+Counts are *structural*: a synapse is a (pre-neuron, post-neuron) pair the layer connects,
+whatever its weight. They come from running the graph with every weight set to 1 and no bias,
+so padding, stride and borders are handled exactly by the same operators that simulate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .ir import Graph, Node
+from .ops import apply_linear
+
+ENERGY_PER_AC_PJ = 0.9   # one accumulate, 45 nm (Horowitz 2014)
+ENERGY_PER_MAC_PJ = 4.6  # one multiply-accumulate, 45 nm (Horowitz 2014)
+COUNTED_OPS = ("conv2d", "dense", "avgpool", "global_avgpool")
+
+
+def structural_apply(node: Node, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """The node with every connection weighted 1 and no bias: output i sums its input synapses."""
+    ones = Node(node.name, node.op, node.inputs, {}, dict(node.attrs), node.shape)
+    if node.op in ("conv2d", "dense"):
+        ones.params["weight"] = torch.ones_like(node.params["weight"], dtype=torch.float64)
+    elif node.op == "avgpool":
+        kh, kw = node.attrs["kernel"]
+        ones.attrs["scale"] = float(kh * kw)
+    elif node.op == "global_avgpool":
+        ones.attrs["scale"] = float(inputs[0].shape[2] * inputs[0].shape[3])
+    elif node.op == "add":
+        ones.attrs["coefficients"] = [1.0] * len(inputs)
+    return apply_linear(ones, inputs)
+
+
+def source_layers(graph: Graph) -> list[str]:
+    """The populations whose outputs travel over synapses: the input and every spike node."""
+    return [graph.input.name] + [n.name for n in graph.nodes_of("spike")]
+
+
+def fan_out(graph: Graph) -> dict[str, torch.Tensor]:
+    """Exact number of outgoing synapses of every neuron of every source layer (float64).
+
+    Leaves are the source layers' outputs; the structural graph carries them to the next
+    spiking layers; the gradient of the summed currents w.r.t. a leaf counts its synapses.
+    """
+    leaves, values, targets = {}, {}, []
+    for node in graph.nodes:
+        if node.name in source_layers(graph):
+            leaves[node.name] = torch.ones((1, *node.shape), dtype=torch.float64, requires_grad=True)
+            values[node.name] = leaves[node.name]
+            if node.op == "spike":
+                targets.append(values[node.inputs[0]])
+            continue
+        values[node.name] = structural_apply(node, [values[i] for i in node.inputs])
+    total = sum(t.sum() for t in targets)
+    grads = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+    return {
+        name: (g[0].detach().round() if g is not None else torch.zeros(graph.node(name).shape, dtype=torch.float64))
+        for name, g in zip(leaves, grads)
+    }
+
+
+def fan_in(node: Node, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """Number of input connections of every output unit of one linear layer."""
+    with torch.no_grad():
+        return structural_apply(node, [torch.ones((1, *input_shape), dtype=torch.float64)])[0].round()
+
+
+@dataclass
+class CnnOperations:
+    """CNN cost per image: Eq. 13's Σ(2 f_in + 1) M, and plain multiply-accumulates Σ f_in M."""
+
+    eq13: float
+    macs: float
+    per_layer: dict[str, float]
+
+
+def cnn_operations(cnn: Graph) -> CnnOperations:
+    """Eq. 13 over every conv, dense and pooling layer, with each unit's exact fan-in."""
+    eq13, macs, per_layer = 0.0, 0.0, {}
+    for node in cnn.nodes:
+        if node.op not in COUNTED_OPS:
+            continue
+        f_in = fan_in(node, cnn.node(node.inputs[0]).shape)
+        per_layer[node.name] = float(f_in.sum())
+        macs += float(f_in.sum())
+        eq13 += float((2 * f_in + 1).sum())
+    return CnnOperations(eq13=eq13, macs=macs, per_layer=per_layer)
+
+
+def energy_pj(synops: float, macs: float, ac_pj: float = ENERGY_PER_AC_PJ, mac_pj: float = ENERGY_PER_MAC_PJ) -> float:
+    """Energy estimate: accumulates (synaptic operations) plus multiply-accumulates."""
+    return synops * ac_pj + macs * mac_pj

@@ -1,0 +1,179 @@
+"""Time-stepped integrate-and-fire simulation (Eq. 2–4), batched over time.
+
+Stateless layers (conv, dense, pooling) process a whole chunk of timesteps as one batch;
+only the membrane update steps through time. A value that is the same at every step (the
+analog input and the layers it feeds before the first neuron) is computed once per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .encoding import make_encoder
+from .ir import Graph, Node
+from .metrics import fan_out, source_layers
+from .ops import apply_linear
+from .progress import progress_bar
+from .snn import SpikingNetwork
+
+
+@dataclass
+class SimulationRecord:
+    """What one run measured, summed over its images, at each of ``steps`` (row k ↔ t = steps[k]).
+
+    ``predictions[k, i]``: predicted class of image i after steps[k] timesteps.
+    ``spikes[k, l]`` / ``synops[k, l]``: spikes and synaptic operations (Eq. 14) of source layer
+    ``layers[l]`` during the first steps[k] timesteps, summed over images.
+    ``neuron_counts``: per-neuron spike counts after the last step, (N, *shape) per layer.
+    ``mode``: ``simulate`` (time-stepped) or ``count`` (closed form).
+    """
+
+    mode: str
+    layers: list[str]
+    steps: list[int]
+    predictions: torch.Tensor
+    spikes: torch.Tensor
+    synops: torch.Tensor
+    neuron_counts: dict[str, torch.Tensor] | None
+    seconds: float
+
+
+class _Value:
+    """A tensor that is either per-step (T, B, …) or the same at every step (B, …)."""
+
+    __slots__ = ("tensor", "constant")
+
+    def __init__(self, tensor: torch.Tensor, constant: bool):
+        self.tensor, self.constant = tensor, constant
+
+    def per_step(self, steps: int) -> torch.Tensor:
+        if self.constant:
+            return self.tensor.unsqueeze(0).expand(steps, *self.tensor.shape)
+        return self.tensor
+
+
+def _linear(node: Node, inputs: list[_Value], steps: int) -> _Value:
+    """Apply a stateless layer to all steps of the chunk at once (or once, if constant)."""
+    if all(v.constant for v in inputs):
+        return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
+    flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
+    out = apply_linear(node, flat)
+    return _Value(out.view(steps, -1, *out.shape[1:]), False)
+
+
+class _Neurons:
+    """Membrane state of one spike node across the chunks of one batch (Eq. 2–4)."""
+
+    def __init__(self, node: Node, batch: int, device, fire: bool = True, dtype: torch.dtype = torch.float32):
+        a = node.attrs
+        self.threshold = a["threshold"]
+        self.subtract = a["reset"] == "subtract"
+        self.step_current = a["step_current"]
+        self.fire = fire
+        self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
+
+    def run(self, current: _Value, steps: int) -> torch.Tensor:
+        """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step."""
+        out = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
+        for t in range(steps):
+            self.v += current.tensor if current.constant else current.tensor[t]
+            if self.step_current:
+                self.v += self.step_current
+            if not self.fire:
+                out[t] = self.v
+                continue
+            spikes = self.v >= self.threshold
+            out[t] = spikes
+            if self.subtract:
+                self.v -= out[t] * self.threshold
+            else:
+                self.v.masked_fill_(spikes, 0.0)
+        return out
+
+
+def simulate(
+    net: SpikingNetwork,
+    images: torch.Tensor,
+    timesteps: int,
+    readout: str | None = None,
+    batch_size: int = 100,
+    chunk: int = 8,
+    device: str = "cpu",
+    seed: int = 0,
+    image_ids: torch.Tensor | None = None,
+    keep_neuron_counts: bool = False,
+) -> SimulationRecord:
+    """Simulate ``timesteps`` steps on channels-first images in [0, 1].
+
+    ``readout='spikes'`` predicts the output layer's largest spike count (ties → lowest index);
+    ``'potential'`` makes the output layer integrate without firing and predicts its largest
+    membrane potential. ``image_ids`` index images for reproducible Poisson input (default
+    0..N-1).
+    """
+    started = time.perf_counter()
+    readout = readout or net.method.readout
+    graph = net.to(device).graph
+    fanouts = {k: v.to(device).flatten() for k, v in fan_out(net.graph).items()}
+    layers = source_layers(graph)
+    n = images.shape[0]
+    ids = torch.arange(n) if image_ids is None else image_ids
+    predictions = torch.empty((timesteps, n), dtype=torch.int64)
+    spikes = torch.zeros((timesteps, len(layers)), dtype=torch.float64)
+    synops = torch.zeros_like(spikes)
+    counts = {name: [] for name in layers} if keep_neuron_counts else None
+    for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
+        batch = images[start : start + batch_size].to(device)
+        result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
+                                 fanouts, layers, spikes, synops)
+        predictions[:, start : start + batch.shape[0]] = result[0].cpu()
+        if counts is not None:
+            for name, tensor in result[1].items():
+                counts[name].append(tensor.cpu())
+    neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
+    return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
+                            synops.cumsum(0), neuron_counts, time.perf_counter() - started)
+
+
+def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops):
+    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions."""
+    encoder = make_encoder(batch, net.method, ids, seed)
+    b = batch.shape[0]
+    output = graph.output
+    neurons = {n.name: _Neurons(n, b, batch.device, fire=not (n.name == output and readout == "potential"),
+                                dtype=batch.dtype)
+               for n in graph.nodes_of("spike")}
+    totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype) for name in layers}
+    predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
+    for t0 in range(0, timesteps, chunk):
+        steps = min(chunk, timesteps - t0)
+        values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
+        for node in graph.nodes[1:]:
+            inputs = [values[i] for i in node.inputs]
+            if node.op == "spike":
+                values[node.name] = _Value(neurons[node.name].run(inputs[0], steps), False)
+            else:
+                values[node.name] = _linear(node, inputs, steps)
+        fires = neurons[output].fire
+        out = values[output].tensor
+        scores = totals[output] + out.cumsum(0) if fires else out
+        predictions[t0 : t0 + steps] = scores.argmax(dim=-1)
+        skip = {graph.input.name} if encoder.constant else set()
+        if not fires:
+            skip.add(output)
+        _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps)
+    return predictions, totals
+
+
+def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps):
+    """Add this chunk's spikes, per-neuron totals and Eq. 14 synaptic operations."""
+    for index, name in enumerate(layers):
+        if name in skip:
+            continue
+        per_step = values[name].per_step(steps)
+        totals[name] += per_step.sum(0)
+        summed = per_step.sum(1).flatten(1).double()      # (steps, neurons): exact counts
+        spikes[t0 : t0 + steps, index] += summed.sum(1).cpu()
+        synops[t0 : t0 + steps, index] += (summed @ fanouts[name].double()).cpu()

@@ -1,0 +1,157 @@
+"""Small random IR graphs built by hand, as a CNN importer would produce them, for the tests.
+
+Every builder takes a ``dtype`` and a seed and returns a :class:`spkeras.ir.Graph` whose node
+shapes are the true output shapes (channels-first, batch axis omitted). Weights are random; they
+are scaled so that activations stay of order one and most ReLUs are active on some images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spkeras.ir import Graph, Node
+from spkeras.ops import run_graph
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _normal(g, shape, std, dtype):
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * std).to(dtype)
+
+
+def _uniform(g, shape, low, high, dtype):
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * (high - low) + low).to(dtype)
+
+
+def conv(name, inputs, in_ch, out_ch, k, stride, padding, g, dtype, bias=True, positive=False, scale=1.0):
+    """A conv2d node with He-like random weights (or non-negative ones when ``positive``)."""
+    fan_in = in_ch * k * k
+    if positive:
+        weight = _uniform(g, (out_ch, in_ch, k, k), 0.0, 2.0 * scale / fan_in, dtype)
+    else:
+        weight = _normal(g, (out_ch, in_ch, k, k), scale * (2.0 / fan_in) ** 0.5, dtype)
+    params = {"weight": weight}
+    if bias:
+        params["bias"] = _uniform(g, (out_ch,), 0.0, 0.05 * scale, dtype) if positive else _normal(g, (out_ch,), 0.1, dtype)
+    return Node(name, "conv2d", list(inputs), params, {"stride": tuple(stride), "padding": tuple(padding)})
+
+
+def dense(name, inputs, n_in, n_out, g, dtype, bias=True, positive=False, scale=1.0):
+    if positive:
+        weight = _uniform(g, (n_out, n_in), 0.0, 2.0 * scale / n_in, dtype)
+    else:
+        weight = _normal(g, (n_out, n_in), scale * (2.0 / n_in) ** 0.5, dtype)
+    params = {"weight": weight}
+    if bias:
+        params["bias"] = _uniform(g, (n_out,), 0.0, 0.05 * scale, dtype) if positive else _normal(g, (n_out,), 0.1, dtype)
+    return Node(name, "dense", list(inputs), params, {})
+
+
+def batchnorm(name, inputs, channels, g, dtype, eps=1e-3, tiny_var=False):
+    params = {
+        "gamma": _uniform(g, (channels,), 0.5, 1.5, dtype),
+        "beta": _normal(g, (channels,), 0.2, dtype),
+        "mean": _normal(g, (channels,), 0.2, dtype),
+        "var": _uniform(g, (channels,), 1e-4, 5e-4, dtype) if tiny_var else _uniform(g, (channels,), 0.5, 2.0, dtype),
+    }
+    return Node(name, "batchnorm", list(inputs), params, {"eps": eps})
+
+
+def op(name, kind, inputs, **attrs):
+    return Node(name, kind, list(inputs), {}, dict(attrs))
+
+
+def finish(nodes: list[Node], output: str, input_shape: tuple[int, ...], name: str = "model") -> Graph:
+    """Set every node's shape from a forward pass and return the graph."""
+    nodes[0].shape = tuple(input_shape)
+    graph = Graph(nodes=nodes, output=output, name=name)
+    dtype = next((p.dtype for n in nodes for p in n.params.values()), torch.float32)
+
+    def observe(node, value):
+        node.shape = tuple(value.shape[1:])
+
+    with torch.no_grad():
+        run_graph(graph, torch.zeros((1, *input_shape), dtype=dtype), observe=observe)
+    for node in nodes:
+        node.source = f"{node.name} ({node.op})"
+    return graph
+
+
+def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=False, scale=1.0, channels=2,
+              size=9, softmax=True) -> Graph:
+    """(a) conv(pad [0,1,0,1], stride 2) → BN → relu → avgpool → conv('same') → relu → flatten → dense → relu
+    → dense → softmax."""
+    g = _gen(seed)
+    c1, c2 = 4, 5
+    h = (size + 1 - 3) // 2 + 1      # after the strided conv
+    p = h // 2                       # after the 2×2 average pool
+    nodes = [
+        Node("input", "input"),
+        conv("conv1", ["input"], channels, c1, 3, (2, 2), (0, 1, 0, 1), g, dtype, bias=conv_bias, positive=positive,
+             scale=scale),
+    ]
+    last = "conv1"
+    if bn:
+        nodes.append(batchnorm("bn1", ["conv1"], c1, g, dtype))
+        last = "bn1"
+    nodes += [
+        op("relu1", "relu", [last]),
+        op("pool1", "avgpool", ["relu1"], kernel=(2, 2), stride=(2, 2)),
+        conv("conv2", ["pool1"], c1, c2, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+        op("relu2", "relu", ["conv2"]),
+        op("flatten", "flatten", ["relu2"]),
+        dense("fc1", ["flatten"], c2 * p * p, 12, g, dtype, positive=positive, scale=scale),
+        op("relu3", "relu", ["fc1"]),
+        dense("fc2", ["relu3"], 12, 4, g, dtype, positive=positive, scale=scale),
+    ]
+    output = "fc2"
+    if softmax:
+        nodes.append(op("softmax", "softmax", ["fc2"]))
+        output = "softmax"
+    return finish(nodes, output, (channels, size, size), name="chain")
+
+
+def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False, scale=1.0) -> Graph:
+    """(b) conv → relu → conv → BN → add(with the relu output) → relu → global_avgpool → dense."""
+    g = _gen(seed)
+    c = 3
+    nodes = [
+        Node("input", "input"),
+        conv("conv1", ["input"], channels, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+        op("relu1", "relu", ["conv1"]),
+        conv("conv2", ["relu1"], c, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+        batchnorm("bn2", ["conv2"], c, g, dtype),
+        op("add", "add", ["bn2", "relu1"]),
+        op("relu2", "relu", ["add"]),
+        op("gap", "global_avgpool", ["relu2"]),
+        dense("fc", ["gap"], c, 4, g, dtype, positive=positive, scale=scale),
+    ]
+    if positive:  # keep the BN a non-negative affine map so that every current stays non-negative
+        bn = nodes[4].params
+        bn["mean"] = torch.zeros_like(bn["mean"])
+        bn["beta"] = bn["beta"].abs()
+    return finish(nodes, "fc", (channels, size, size), name="residual")
+
+
+def mlp(dtype=torch.float64, seed=0, sizes=(12, 10, 8, 3), positive=False, scale=1.0) -> Graph:
+    """(c) A dense-only MLP on flat inputs: dense → relu → … → dense."""
+    g = _gen(seed)
+    nodes = [Node("input", "input")]
+    last = "input"
+    for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        nodes.append(dense(f"fc{k}", [last], n_in, n_out, g, dtype, positive=positive, scale=scale))
+        last = f"fc{k}"
+        if k < len(sizes) - 1:
+            nodes.append(op(f"relu{k}", "relu", [last]))
+            last = f"relu{k}"
+    return finish(nodes, last, (sizes[0],), name="mlp")
+
+
+def images(graph: Graph, n: int, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
+    """Random inputs in [0, 1] of the graph's input shape, a few pixels exactly 0 or 1."""
+    x = torch.rand((n, *graph.input.shape), generator=_gen(seed), dtype=torch.float64)
+    x[x < 0.05] = 0.0
+    x[x > 0.95] = 1.0
+    return x.to(dtype)
