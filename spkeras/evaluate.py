@@ -184,7 +184,8 @@ def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tenso
         "input_macs": {"per_image": input_macs, "mops_per_image": input_macs / 1e6,
                        "note": "analog input: the first layer's multiply-accumulates at every step"
                        if analog_synapses else "spiking input: counted in synops"},
-        "macs": {"eq13_per_image": ops.eq13, "mac_per_image": ops.macs, "eq13_mops_per_image": ops.eq13 / 1e6},
+        "macs": {"eq13_per_image": ops.eq13, "mac_per_image": ops.macs, "eq13_mops_per_image": ops.eq13 / 1e6,
+                 "nominal_mac_per_image": ops.nominal_macs},
         "energy_pj": {"snn_per_image": snn_energy, "cnn_per_image": cnn_energy,
                       "snn_over_cnn": snn_energy / cnn_energy if cnn_energy else None,
                       "ac_pj": ac_pj, "mac_pj": mac_pj},

@@ -45,6 +45,11 @@ def fan_out(graph: Graph) -> dict[str, torch.Tensor]:
     Leaves are the source layers' outputs; the structural graph carries them to the next
     spiking layers; the gradient of the summed currents w.r.t. a leaf counts its synapses.
     """
+    with torch.enable_grad():
+        return _fan_out(graph)
+
+
+def _fan_out(graph: Graph) -> dict[str, torch.Tensor]:
     leaves, values, targets = {}, {}, []
     for node in graph.nodes:
         if node.name in source_layers(graph):
@@ -68,26 +73,39 @@ def fan_in(node: Node, input_shape: tuple[int, ...]) -> torch.Tensor:
         return structural_apply(node, [torch.ones((1, *input_shape), dtype=torch.float64)])[0].round()
 
 
+def nominal_fan_in(node: Node, input_shape: tuple[int, ...]) -> int:
+    """Fan-in as usually quoted: the whole kernel, padding taps included."""
+    if node.op in ("conv2d", "dense"):
+        return node.params["weight"][0].numel()
+    if node.op == "avgpool":
+        return node.attrs["kernel"][0] * node.attrs["kernel"][1]
+    return input_shape[1] * input_shape[2]  # global average pool
+
+
 @dataclass
 class CnnOperations:
-    """CNN cost per image: Eq. 13's Σ(2 f_in + 1) M, and plain multiply-accumulates Σ f_in M."""
+    """CNN cost per image: Eq. 13's Σ(2 f_in + 1) M and multiply-accumulates Σ f_in M, with each
+    unit's exact fan-in (padding taps excluded), and the nominal MAC count (kernel volume × M)."""
 
     eq13: float
     macs: float
+    nominal_macs: float
     per_layer: dict[str, float]
 
 
 def cnn_operations(cnn: Graph) -> CnnOperations:
     """Eq. 13 over every conv, dense and pooling layer, with each unit's exact fan-in."""
-    eq13, macs, per_layer = 0.0, 0.0, {}
+    eq13, macs, nominal, per_layer = 0.0, 0.0, 0.0, {}
     for node in cnn.nodes:
         if node.op not in COUNTED_OPS:
             continue
-        f_in = fan_in(node, cnn.node(node.inputs[0]).shape)
+        input_shape = cnn.node(node.inputs[0]).shape
+        f_in = fan_in(node, input_shape)
         per_layer[node.name] = float(f_in.sum())
         macs += float(f_in.sum())
         eq13 += float((2 * f_in + 1).sum())
-    return CnnOperations(eq13=eq13, macs=macs, per_layer=per_layer)
+        nominal += float(nominal_fan_in(node, input_shape) * f_in.numel())
+    return CnnOperations(eq13=eq13, macs=macs, nominal_macs=nominal, per_layer=per_layer)
 
 
 def energy_pj(synops: float, macs: float, ac_pj: float = ENERGY_PER_AC_PJ, mac_pj: float = ENERGY_PER_MAC_PJ) -> float:

@@ -76,21 +76,26 @@ class _Neurons:
         self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
 
     def run(self, current: _Value, steps: int) -> torch.Tensor:
-        """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step."""
+        """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
+
+        Each step is V ← V + (Z(t) + b_TRE), the TRE bias being part of the input current
+        (Eq. 9, added to Z before Z is added to V); Θ = [V ≥ V_thr] (Eq. 4); then
+        V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
+        """
+        drive = current.tensor
+        if self.step_current:
+            drive = drive + self.step_current
         out = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         for t in range(steps):
-            self.v += current.tensor if current.constant else current.tensor[t]
-            if self.step_current:
-                self.v += self.step_current
+            self.v.add_(drive if current.constant else drive[t])
             if not self.fire:
                 out[t] = self.v
                 continue
-            spikes = self.v >= self.threshold
-            out[t] = spikes
+            torch.ge(self.v, self.threshold, out=out[t])
             if self.subtract:
-                self.v -= out[t] * self.threshold
+                self.v.sub_(out[t], alpha=self.threshold)
             else:
-                self.v.masked_fill_(spikes, 0.0)
+                self.v.masked_fill_(out[t].bool(), 0.0)
         return out
 
 

@@ -7,10 +7,21 @@ are scaled so that activations stay of order one and most ReLUs are active on so
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from spkeras.ir import Graph, Node
 from spkeras.ops import run_graph
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run a module's tests on one intra-op thread: these tensors are tiny, and with several
+    threads on a busy 2-core machine each small conv can take milliseconds of spin-waiting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -79,14 +90,35 @@ def finish(nodes: list[Node], output: str, input_shape: tuple[int, ...], name: s
     return graph
 
 
+def centre_logits(graph: Graph, n: int = 64, seed: int = 100) -> Graph:
+    """Shift the last layer's bias so that every class's mean output over random images is zero,
+    so that different images get different predictions (a random net tends to favour one class)."""
+    last = graph.node(graph.output)
+    if last.op == "softmax":
+        last = graph.node(last.inputs[0])
+    x = images(graph, n, seed=seed, dtype=last.params["weight"].dtype)
+    stop = last.name
+
+    def observe(node, value):
+        if node.name == stop:
+            observe.logits = value
+
+    with torch.no_grad():
+        run_graph(graph, x.to(last.params["weight"].dtype), observe=observe)
+    last.params["bias"] = last.params["bias"] - observe.logits.mean(0)
+    return graph
+
+
 def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=False, scale=1.0, channels=2,
-              size=9, softmax=True) -> Graph:
+              size=9, softmax=True, conv2_padding=(1, 1, 1, 1), centred=True) -> Graph:
     """(a) conv(pad [0,1,0,1], stride 2) → BN → relu → avgpool → conv('same') → relu → flatten → dense → relu
-    → dense → softmax."""
+    → dense → softmax. ``conv2_padding=(0, 0, 0, 0)`` makes the second conv 'valid' (use size ≥ 13)."""
     g = _gen(seed)
     c1, c2 = 4, 5
     h = (size + 1 - 3) // 2 + 1      # after the strided conv
     p = h // 2                       # after the 2×2 average pool
+    top, bottom, left, right = conv2_padding
+    q = p + top + bottom - 2         # after the second conv (3×3, stride 1)
     nodes = [
         Node("input", "input"),
         conv("conv1", ["input"], channels, c1, 3, (2, 2), (0, 1, 0, 1), g, dtype, bias=conv_bias, positive=positive,
@@ -96,13 +128,16 @@ def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=Fal
     if bn:
         nodes.append(batchnorm("bn1", ["conv1"], c1, g, dtype))
         last = "bn1"
+        if positive:  # a non-negative affine map, so that every current stays non-negative
+            nodes[-1].params["mean"] = torch.zeros_like(nodes[-1].params["mean"])
+            nodes[-1].params["beta"] = nodes[-1].params["beta"].abs()
     nodes += [
         op("relu1", "relu", [last]),
         op("pool1", "avgpool", ["relu1"], kernel=(2, 2), stride=(2, 2)),
-        conv("conv2", ["pool1"], c1, c2, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+        conv("conv2", ["pool1"], c1, c2, 3, (1, 1), conv2_padding, g, dtype, positive=positive, scale=scale),
         op("relu2", "relu", ["conv2"]),
         op("flatten", "flatten", ["relu2"]),
-        dense("fc1", ["flatten"], c2 * p * p, 12, g, dtype, positive=positive, scale=scale),
+        dense("fc1", ["flatten"], c2 * q * (p + left + right - 2), 12, g, dtype, positive=positive, scale=scale),
         op("relu3", "relu", ["fc1"]),
         dense("fc2", ["relu3"], 12, 4, g, dtype, positive=positive, scale=scale),
     ]
@@ -110,7 +145,8 @@ def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=Fal
     if softmax:
         nodes.append(op("softmax", "softmax", ["fc2"]))
         output = "softmax"
-    return finish(nodes, output, (channels, size, size), name="chain")
+    graph = finish(nodes, output, (channels, size, size), name="chain")
+    return centre_logits(graph) if centred and not positive else graph
 
 
 def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False, scale=1.0) -> Graph:
@@ -132,21 +168,27 @@ def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False
         bn = nodes[4].params
         bn["mean"] = torch.zeros_like(bn["mean"])
         bn["beta"] = bn["beta"].abs()
-    return finish(nodes, "fc", (channels, size, size), name="residual")
+    graph = finish(nodes, "fc", (channels, size, size), name="residual")
+    return graph if positive else centre_logits(graph)
 
 
-def mlp(dtype=torch.float64, seed=0, sizes=(12, 10, 8, 3), positive=False, scale=1.0) -> Graph:
-    """(c) A dense-only MLP on flat inputs: dense → relu → … → dense."""
+def mlp(dtype=torch.float64, seed=0, sizes=(12, 10, 8, 3), positive=False, scale=1.0, bn=False, bias=True,
+        centred=True) -> Graph:
+    """(c) A dense-only MLP on flat inputs: dense (→ BN) → relu → … → dense."""
     g = _gen(seed)
     nodes = [Node("input", "input")]
     last = "input"
     for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        nodes.append(dense(f"fc{k}", [last], n_in, n_out, g, dtype, positive=positive, scale=scale))
+        nodes.append(dense(f"fc{k}", [last], n_in, n_out, g, dtype, bias=bias, positive=positive, scale=scale))
         last = f"fc{k}"
         if k < len(sizes) - 1:
+            if bn:
+                nodes.append(batchnorm(f"bn{k}", [last], n_out, g, dtype))
+                last = f"bn{k}"
             nodes.append(op(f"relu{k}", "relu", [last]))
             last = f"relu{k}"
-    return finish(nodes, last, (sizes[0],), name="mlp")
+    graph = finish(nodes, last, (sizes[0],), name="mlp")
+    return centre_logits(graph) if centred and bias and not positive else graph
 
 
 def images(graph: Graph, n: int, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
@@ -155,3 +197,16 @@ def images(graph: Graph, n: int, seed: int = 1, dtype=torch.float64) -> torch.Te
     x[x < 0.05] = 0.0
     x[x > 0.95] = 1.0
     return x.to(dtype)
+
+
+def algorithm1_counts(x: torch.Tensor, kappa0: float, steps: int) -> torch.Tensor:
+    """Spike counts of Algorithm 1 after ``steps`` steps, written out literally (float64)."""
+    x = x.double()
+    v = torch.zeros_like(x)
+    count = torch.zeros_like(x)
+    for _ in range(steps):
+        v = v + kappa0 * x
+        fired = v > kappa0
+        v = torch.where(fired, v - kappa0, v)
+        count += fired.double()
+    return count

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -24,7 +25,6 @@ keras = import_keras()
 # Keras' torch backend converts tensors with np.array(x), which NumPy 2 flags (not ours to fix)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 layers = keras.layers
-SHARED = ROOT.parent / "shared"
 
 
 # ------------------------------------------------------------------ helpers
@@ -310,7 +310,18 @@ UNSUPPORTED = {
                     ["2 outputs"]),
     "unbuilt": (lambda: keras.Sequential([layers.Dense(2)]), ["not built"]),
     "subclassed": (lambda: Subclassed(), ["'sub' (Subclassed)", "subclassed"]),
+    "variable_size": (lambda: keras.Sequential([keras.Input((None, None, 3)), layers.GlobalAveragePooling2D()]),
+                      ["(None, None, 3)", "fixed-size"]),
+    "quantized": (lambda: quantized(seq(layers.Flatten(), layers.Dense(2, name="d"))()), ["'d' (Dense)", "quantized"]),
 }
+
+
+def quantized(model):
+    """The model with int8 weights (Keras warns about the layers it leaves alone)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.quantize("int8")
+    return model
 
 
 class Subclassed(keras.Model):
@@ -492,12 +503,11 @@ def _has_tensorflow():
 
 # ------------------------------------------------------------------ reference model
 
-@pytest.mark.skipif(not (SHARED / "models").is_dir(), reason="shared reference models are absent")
-def test_vgg16_reference_model_matches_keras():
-    path = SHARED / "models" / "vgg16_cifar10.keras"
+def test_vgg16_reference_model_matches_keras(shared):
+    path = shared / "models" / "vgg16_cifar10.keras"
     graph = load_model(path)
     model = keras.saving.load_model(path, compile=False)
-    x = (np.load(SHARED / "data" / "cifar10_test.npz")["x"][:4] / 255.0).astype(np.float32)
+    x = (np.load(shared / "data" / "cifar10_test.npz")["x"][:4] / 255.0).astype(np.float32)
     assert_well_formed(graph)
     assert_matches(graph, model, x, atol=1e-4)
     assert graph.input.shape == (3, 32, 32) and graph.node(graph.output).op == "softmax"

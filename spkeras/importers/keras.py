@@ -223,6 +223,8 @@ class _Builder:
         value = variable.value
         if not isinstance(value, torch.Tensor):  # Keras backends other than torch
             value = torch.from_numpy(np.asarray(self.keras.ops.convert_to_numpy(value)))
+        if not value.is_floating_point():
+            raise call.error(f"weight {variable.path!r} has dtype {value.dtype}; quantized layers are not supported")
         tensor = value.detach().to("cpu", torch.float32).clone()
         if not torch.isfinite(tensor).all():
             raise call.error(f"weight {variable.path!r} contains NaN or infinite values")
