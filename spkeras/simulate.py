@@ -29,6 +29,7 @@ class SimulationRecord:
     ``layers[l]`` during the first steps[k] timesteps, summed over images.
     ``neuron_counts``: per-neuron spike counts after the last step, (N, *shape) per layer.
     ``mode``: ``simulate`` (time-stepped) or ``count`` (closed form).
+    ``max_current``: the largest input current of the probed spike node in any step.
     """
 
     mode: str
@@ -39,6 +40,7 @@ class SimulationRecord:
     synops: torch.Tensor
     neuron_counts: dict[str, torch.Tensor] | None
     seconds: float
+    max_current: dict[str, float] | None = None
 
 
 class _Value:
@@ -74,6 +76,7 @@ class _Neurons:
         self.step_current = a["step_current"]
         self.fire = fire
         self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
+        self.max_current = None
 
     def run(self, current: _Value, steps: int) -> torch.Tensor:
         """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
@@ -83,6 +86,8 @@ class _Neurons:
         V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
         """
         drive = current.tensor
+        if self.max_current is not None:
+            self.max_current = max(self.max_current, float(drive.max()))
         if self.step_current:
             drive = drive + self.step_current
         out = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
@@ -110,13 +115,14 @@ def simulate(
     seed: int = 0,
     image_ids: torch.Tensor | None = None,
     keep_neuron_counts: bool = False,
+    probe: str | None = None,
 ) -> SimulationRecord:
     """Simulate ``timesteps`` steps on channels-first images in [0, 1].
 
     ``readout='spikes'`` predicts the output layer's largest spike count (ties → lowest index);
     ``'potential'`` makes the output layer integrate without firing and predicts its largest
     membrane potential. ``image_ids`` index images for reproducible Poisson input (default
-    0..N-1).
+    0..N-1). ``probe`` names a spike node whose largest input current is recorded.
     """
     started = time.perf_counter()
     readout = readout or net.method.readout
@@ -129,20 +135,24 @@ def simulate(
     spikes = torch.zeros((timesteps, len(layers)), dtype=torch.float64)
     synops = torch.zeros_like(spikes)
     counts = {name: [] for name in layers} if keep_neuron_counts else None
+    largest = float("-inf")
     for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
         batch = images[start : start + batch_size].to(device)
         result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
-                                 fanouts, layers, spikes, synops)
+                                 fanouts, layers, spikes, synops, probe)
+        largest = max(largest, result[2])
         predictions[:, start : start + batch.shape[0]] = result[0].cpu()
         if counts is not None:
             for name, tensor in result[1].items():
                 counts[name].append(tensor.cpu())
     neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
     return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
-                            synops.cumsum(0), neuron_counts, time.perf_counter() - started)
+                            synops.cumsum(0), neuron_counts, time.perf_counter() - started,
+                            {probe: largest} if probe else None)
 
 
-def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops):
+def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops,
+                    probe=None):
     """One batch through all timesteps; accumulates spikes/synops in place, returns predictions."""
     encoder = make_encoder(batch, net.method, ids, seed)
     b = batch.shape[0]
@@ -150,6 +160,8 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
     neurons = {n.name: _Neurons(n, b, batch.device, fire=not (n.name == output and readout == "potential"),
                                 dtype=batch.dtype)
                for n in graph.nodes_of("spike")}
+    if probe:
+        neurons[probe].max_current = float("-inf")
     totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype) for name in layers}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
     for t0 in range(0, timesteps, chunk):
@@ -169,7 +181,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         if not fires:
             skip.add(output)
         _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps)
-    return predictions, totals
+    return predictions, totals, neurons[probe].max_current if probe else float("-inf")
 
 
 def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps):

@@ -20,7 +20,9 @@ import torch
 from ..calibrate import calibrate
 from ..errors import ConfigError
 from ..ir import Graph, GraphError, Node, insert_after, unique_name
+from ..ops import apply_linear
 from ..passes import canonicalise
+from ..quantise import quantise
 from ..snn import SpikingNetwork
 from . import ecc
 from .settings import Method
@@ -57,20 +59,64 @@ def convert(
     sites = spike_sites(folded, method.spiking_pools)
     lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
     graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
-    normalise(graph, spike_lambdas, method, timesteps)
-    return SpikingNetwork(graph=graph, method=method, timesteps=timesteps, lambdas=spike_lambdas, cnn=reference)
+    net = build(graph, spike_lambdas, method, timesteps, reference)
+    if method.statistic == "spikenorm":
+        net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
+    return net
+
+
+def build(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: int, cnn: Graph) -> SpikingNetwork:
+    """Normalise a copy of the neuron-bearing graph and quantise it if asked (section 4.4)."""
+    graph = graph.clone()
+    normalise(graph, lambdas, method, timesteps)
+    if method.bits is not None:
+        quantise(graph, method.bits, method.rounding)
+    return SpikingNetwork(graph=graph, method=method, timesteps=timesteps, lambdas=dict(lambdas), cnn=cnn)
 
 
 def site_lambdas(graph, sites, calibration, method: Method, batch_size: int, device: str) -> dict[str, float]:
-    """λ_n for each site, times the method's ``lambda_scale`` (threshold scaling)."""
+    """λ_n for each site from the method's statistic."""
     if method.statistic == "none":
-        raw = {s: 1.0 for s in sites}
-    else:
-        if calibration is None:
-            raise ConfigError(f"method {method.name!r} needs calibration images (--calib) for λ")
-        percentile = method.percentile if method.statistic == "percentile" else None
-        raw = calibrate(graph, sites, calibration, percentile, batch_size, device)
-    return {s: v * method.lambda_scale for s, v in raw.items()}
+        return {s: 1.0 for s in sites}
+    if method.statistic == "model":
+        return model_bounds(graph, sites)
+    if calibration is None:
+        raise ConfigError(f"method {method.name!r} needs calibration images (--calib) for λ")
+    percentile = method.percentile if method.statistic == "percentile" else None
+    return calibrate(graph, sites, calibration, percentile, batch_size, device)
+
+
+def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
+    """Model-based normalisation (Diehl et al. 2015): the largest activation the weights allow
+    for inputs in [0, 1], propagated layer by layer: Σ_j max(W_ij, 0)·bound_in + max(b_i, 0)."""
+    bound = {graph.input.name: torch.ones(graph.input.shape)}
+    for node in graph.nodes[1:]:
+        inputs = [bound[i] for i in node.inputs]
+        if node.op in ("conv2d", "dense"):
+            positive = Node(node.name, node.op, node.inputs, {k: v.clamp(min=0) for k, v in node.params.items()},
+                            node.attrs, node.shape)
+            bound[node.name] = apply_linear(positive, [inputs[0].unsqueeze(0)])[0]
+        elif node.op == "relu":
+            bound[node.name] = inputs[0]
+        else:
+            bound[node.name] = apply_linear(node, [x.unsqueeze(0) for x in inputs])[0]
+    return {s: float(bound[s].max()) for s in sites}
+
+
+def spike_norm(graph: Graph, net: SpikingNetwork, images: torch.Tensor, device: str) -> SpikingNetwork:
+    """Spike-Norm (Sengupta et al. 2019): layer by layer, V_thr^n is the largest input current
+    layer n receives while the layers below it, already converted, spike on calibration images."""
+    from ..simulate import simulate
+
+    lambdas = dict(net.lambdas)
+    for node in net.spike_nodes:
+        probe = simulate(net, images, net.method.spikenorm_timesteps, device=device, probe=node.name)
+        largest = probe.max_current[node.name]
+        if not largest > 0:
+            raise GraphError(f"Spike-Norm: {node.source or node.name} receives no positive current on the calibration images")
+        lambdas[node.name] = lambdas[node.name] * largest / node.attrs["threshold"]
+        net = build(graph, lambdas, net.method, net.timesteps, net.cnn)
+    return net
 
 
 def insert_neurons(graph: Graph, sites: list[str], lambdas: dict[str, float]) -> tuple[Graph, dict[str, float]]:
@@ -112,7 +158,7 @@ def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps
             lam = lambdas[node.name]
             v_thr = threshold(method, lam, unit[source.name])
             rescale(source, unit[source.name] * v_thr / lam)
-            configure_neuron(node, v_thr, method, timesteps)
+            configure_neuron(node, v_thr * method.threshold_scale, method, timesteps)
             unit[node.name] = lam
             continue
         first = unit[node.inputs[0]]

@@ -19,7 +19,58 @@ RUECKAUER2017 = Method(
     encoding="analog",        # constant input current
 )
 
-PRESETS: dict[str, Method] = {m.name: m for m in (ECC, RUECKAUER2017)}
+# The methods below were published for networks without biases. Biases, where a network has
+# them, are carried as a per-step input current, normalised like the weights.
+
+RMP = Method(
+    name="rmp",
+    citation="Han, Srinivasan & Roy 2020, 'RMP-SNN: residual membrane potential neuron' (the paper's RMP-SNN)",
+    threshold_rule="balance",  # weights unchanged, V_thr^n = λ_n in units of the layer's input
+    statistic="max",
+    threshold_scale=1.0,       # α: the paper compares 0.8 and 0.9 (presets rmp0.8, rmp0.9)
+    tre="off",
+    reset="subtract",
+    encoding="analog",
+)
+
+SPIKENORM = Method(
+    name="spikenorm",
+    citation="Sengupta et al. 2019, 'Going deeper in spiking neural networks: VGG and residual architectures'",
+    threshold_rule="balance",  # weights unchanged
+    statistic="spikenorm",     # V_thr^n = largest current into layer n with layers below already spiking
+    tre="off",
+    reset="zero",
+    encoding="poisson",
+)
+
+DIEHL2015 = Method(
+    name="diehl2015",
+    citation="Diehl et al. 2015, 'Fast-classifying, high-accuracy spiking deep networks through weight and "
+    "threshold balancing'",
+    cn=False,                  # V_thr = 1: weight normalisation
+    statistic="max",           # data-based; statistic='model' gives model-based normalisation
+    tre="off",
+    reset="zero",
+    encoding="poisson",
+)
+
+CAO2015 = Method(
+    name="cao2015",
+    citation="Cao, Chen & Khosla 2015, 'Spiking deep convolutional neural networks for energy-efficient "
+    "object recognition'",
+    cn=False,                  # V_thr = 1
+    statistic="none",          # no normalisation: weights as trained
+    tre="off",
+    reset="zero",
+    encoding="poisson",
+)
+
+PRESETS: dict[str, Method] = {
+    m.name: m for m in (
+        ECC, RUECKAUER2017, RMP, RMP.with_options(name="rmp0.8", threshold_scale=0.8),
+        RMP.with_options(name="rmp0.9", threshold_scale=0.9), SPIKENORM, DIEHL2015, CAO2015,
+    )
+}
 
 
 def get_method(name: str, **overrides) -> Method:

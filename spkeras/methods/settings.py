@@ -9,7 +9,8 @@ from ..errors import ConfigError
 
 CHOICES = {
     "threshold_rule": ("normalise", "balance"),
-    "statistic": ("max", "percentile", "none"),
+    "statistic": ("max", "percentile", "model", "none", "spikenorm"),
+    "rounding": ("nearest", "trunc"),
     "tre": ("off", "spread", "initial"),
     "reset": ("subtract", "zero"),
     "encoding": ("analog", "algorithm1", "poisson"),
@@ -25,15 +26,19 @@ class Method:
         λ_n/V_thr (weight normalisation, Remark 1); ``balance`` keeps weights and sets
         V_thr so the same holds (threshold balancing).
     cn, kappa: with ``normalise``, V_thr = κ when ``cn`` (ECC's CN, Eq. 8), else V_thr = 1.
-    statistic, percentile: λ_n is the maximum activation, a percentile, or 1 (``none``:
-        no normalisation at all).
-    lambda_scale: multiplies every λ_n (threshold scaling: RMP's α).
+    statistic, percentile: λ_n is the maximum activation, a percentile, the largest activation
+        the weights allow (``model``, Diehl et al.'s model-based normalisation), 1 (``none``: no
+        normalisation at all), or, with ``balance``, set layer by layer from the largest current
+        each layer receives in a spiking simulation of the layers below it (``spikenorm``).
+    threshold_scale: multiplies every V_thr after normalisation, weights kept (RMP's α).
     tre, eta: TRE (Eq. 9) spread over T, as an initial potential, or off.
     cmb: fold batch-norm with its ε (Eq. 11–12); off folds without ε.
     reset: reset by subtraction (Eq. 2) or to zero.
     encoding, kappa0: analog current, Algorithm 1 with threshold κ₀, or Bernoulli (Poisson) spikes.
     spiking_pools: average-pooling layers get their own spiking neurons.
     readout: the output layer's spike count, or its membrane potential (non-firing).
+    bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
+    spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
     """
 
     name: str = "custom"
@@ -43,7 +48,7 @@ class Method:
     kappa: float = 100.0
     statistic: str = "max"
     percentile: float = 99.9
-    lambda_scale: float = 1.0
+    threshold_scale: float = 1.0
     tre: str = "off"
     eta: float = 0.5
     cmb: bool = True
@@ -52,6 +57,10 @@ class Method:
     kappa0: float = 100.0
     spiking_pools: bool = True
     readout: str = "spikes"
+    bits: int | None = None
+    rounding: str = "trunc"
+    spikenorm_timesteps: int = 64
+    spikenorm_images: int = 50
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -59,7 +68,11 @@ class Method:
                 raise ConfigError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
         if not 0 <= self.eta < 1:
             raise ConfigError(f"eta must be in [0, 1), got {self.eta}")
-        for field in ("kappa", "kappa0", "lambda_scale"):
+        if self.bits is not None and not 2 <= self.bits <= 32:
+            raise ConfigError(f"bits must be between 2 and 32, got {self.bits}")
+        if self.statistic == "spikenorm" and self.threshold_rule != "balance":
+            raise ConfigError("statistic spikenorm sets thresholds, so it needs threshold_rule balance")
+        for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)}")
         if not 0 < self.percentile <= 100:
