@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .evaluate import MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, run_snn, summarise
@@ -20,15 +21,19 @@ from .snn import SpikingNetwork, load_snn
 DEFAULT_CALIB_N = 2000
 
 
-def load_model(source) -> Graph | SpikingNetwork:
-    """A CNN graph from a Keras file or model, or a converted network from a ``.snn`` file."""
+def load_model(source, input_shape=None, torch_class: str | None = None) -> Graph | SpikingNetwork:
+    """A CNN graph from a Keras, PyTorch or ONNX file or model, or a converted network from a ``.snn`` file.
+
+    ``input_shape`` ((C, H, W) or (F,)) is required for PyTorch models (or their ``input_shape``
+    attribute); ``torch_class`` (``module:Class``) names the network of a PyTorch state-dict file.
+    """
     if isinstance(source, (Graph, SpikingNetwork)):
         return source
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".snn":
         return load_snn(source)
     from .importers import load_model as import_model
 
-    return import_model(source)
+    return import_model(source, input_shape=input_shape, torch_class=torch_class)
 
 
 def as_dataset(data, n: int | None = None) -> Dataset:
@@ -88,10 +93,16 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     converted = time.perf_counter()
     dataset = as_dataset(data, n)
     images, labels = images_and_labels(dataset, net.cnn)
-    cnn_pred = cnn_predictions(net.to(device).cnn, images, batch_size, device)
+    rank, size = distributed.world(device)
+    start, stop = distributed.shard(len(dataset), rank, size)
+    cnn_pred = cnn_predictions(net.to(device).cnn, images[start:stop], batch_size, device)
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
-    record = run_snn(net, images, timesteps, mode, readout, batch_size, device, seed, checkpoints)
+    record = run_snn(net, images[start:stop], timesteps, mode, readout, batch_size, device, seed, checkpoints,
+                     image_ids=torch.arange(start, stop))
+    if size > 1:
+        record = distributed.merge(record, len(dataset), size)
+        cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
     fields = summarise(net, record, labels, cnn_pred, timesteps, readout)
     notes = []
     if net.method.tre == "spread" and timesteps != net.timesteps:
@@ -104,5 +115,6 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
         settings=net.method.to_dict(), lambdas=net.lambdas, device=device, seed=seed,
         model=str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", type(model).__name__),
         data=dataset.source, converted_for_timesteps=net.timesteps, mode_description=MODES[mode], notes=notes,
+        processes=size,
         **fields,
     )

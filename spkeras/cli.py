@@ -1,4 +1,4 @@
-"""Command-line interface: ``spkeras info|convert|evaluate|demo``.
+"""Command-line interface: ``spkeras info|convert|evaluate|export|reproduce|demo``.
 
 Every user error (bad file, unsupported layer, nonsense option) ends in one line on stderr
 and exit status 2, with no traceback and no partial output file.
@@ -23,6 +23,31 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _input_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be C,H,W or F (positive integers), got {text!r}") from None
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"must be C,H,W or F (positive integers), got {text!r}")
+    return shape
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """How to read PyTorch (and size-free ONNX) models."""
+    parser.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
+                        help="input shape of a PyTorch (or size-free ONNX) model, e.g. 1,28,28")
+    parser.add_argument("--torch-class", metavar="module:Class",
+                        help="the network class a PyTorch state-dict file (.pt/.pth) belongs to")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"spkeras: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _on_off(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"must be on or off, got {text}")
@@ -38,12 +63,17 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kappa", type=float, help="CN current amplification κ (ecc: 100)")
     group.add_argument("--cn", type=_on_off, metavar="on|off", help="current normalisation: V_thr = κ (on) or 1 (off)")
     group.add_argument("--cmb", type=_on_off, metavar="on|off", help="fold BN with its ε (on) or without (off)")
-    group.add_argument("--statistic", choices=CHOICES["statistic"], help="λ: max activation, percentile, or none")
+    group.add_argument("--statistic", choices=CHOICES["statistic"],
+                       help="λ: max activation, percentile, model (bound from the weights), none, spikenorm")
     group.add_argument("--percentile", type=float, help="percentile for --statistic percentile (99.9)")
     group.add_argument("--reset", choices=CHOICES["reset"], help="reset by subtraction or to zero")
     group.add_argument("--encoding", choices=CHOICES["encoding"], help="input: analog current, Algorithm 1, Poisson")
     group.add_argument("--kappa0", type=float, help="Algorithm 1 input threshold κ₀ (100)")
     group.add_argument("--spiking-pools", type=_on_off, metavar="on|off", help="spiking neurons after average pooling")
+    group.add_argument("--alpha", type=float, dest="threshold_scale",
+                       help="threshold scale α: every V_thr × α after normalisation, weights kept (RMP; rmp0.8: 0.8)")
+    group.add_argument("--bits", type=int, help="b-bit signed fixed-point weights and integer thresholds (2..32)")
+    group.add_argument("--rounding", choices=CHOICES["rounding"], help="--bits rounding: nearest or trunc (default)")
     group.add_argument("--calib", help="calibration images for λ (.npz, CIFAR or MNIST archive)")
     group.add_argument("--calib-n", type=_positive_int, default=2000, help="use the first N calibration images (2000)")
 
@@ -53,6 +83,7 @@ def method_overrides(args) -> dict:
         "tre": args.tre, "eta": args.eta, "kappa": args.kappa, "cn": args.cn, "cmb": args.cmb,
         "statistic": args.statistic, "percentile": args.percentile, "reset": args.reset,
         "encoding": args.encoding, "kappa0": args.kappa0, "spiking_pools": args.spiking_pools,
+        "threshold_scale": args.threshold_scale, "bits": args.bits, "rounding": args.rounding,
     }
 
 
@@ -63,8 +94,50 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}")
+    return values
+
+
+def add_reproduce_parser(sub) -> None:
+    from .reproduce import FIGURES
+
+    rep = sub.add_parser(
+        "reproduce", help="the paper's Figures 3a-3e, 4, 5 and Table 2 (CSV, JSON, PNG; resumable)",
+        description="Reproduce a figure of the paper: writes OUT/FIGURE.csv, .json and .png. Every simulation is "
+        "cached under OUT/cache as soon as it finishes, so a rerun skips what is done and an interrupted run "
+        "loses only the simulation in progress. Methods without spread TRE are simulated once, at the largest T, "
+        "and read after every t; ECC's spread TRE depends on T and needs one run per T.")
+    rep.add_argument("figure", choices=[*FIGURES, "all"],
+                     help="fig3a ablation; fig3b checkpoints; fig3c/fig3e accuracy and MOps vs T; fig3d accuracy vs "
+                     "MOps; fig4 b-bit weights; fig5 spike counts; table2 latency for near-zero loss; all")
+    rep.add_argument("--model", action="append", required=True,
+                     help="CNN (.keras/.h5); give it several times for fig3b's checkpoints (fig3a averages them; "
+                     "other figures use the first)")
+    rep.add_argument("--model-nobn", help="the same network trained without BN and biases (fig3d)")
+    rep.add_argument("--data", required=True, help="test images (.npz with x/y, MNIST .npz, CIFAR batch folder)")
+    rep.add_argument("--calib", required=True, help="calibration images for λ")
+    rep.add_argument("--calib-n", type=_positive_int, default=2000, help="use the first N calibration images (2000)")
+    rep.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
+    rep.add_argument("--timesteps", type=_positive_int, help="the T of fig3a (default 128) and fig5 (default 64)")
+    rep.add_argument("--timesteps-list", type=_int_list,
+                     help="comma-separated T axis (fig3b: 128,256; others: 32,64,128,256,512,1024)")
+    rep.add_argument("--bits-list", type=_int_list, help="fig4's weight bits (32,10,9,8,7)")
+    rep.add_argument("--rounding", choices=CHOICES["rounding"], help="fig4's rounding to integers (trunc)")
+    rep.add_argument("--layers", type=_int_list, help="fig5's spiking layers, 1-based (4,8,12,16)")
+    rep.add_argument("--near-zero", type=float, default=0.1,
+                     help="table2: accuracy loss (points) that counts as near-zero (0.1)")
+    rep.add_argument("--out", required=True, help="output folder (and its cache/)")
+    add_run_options(rep)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spkeras",
         description="Convert a trained CNN into a spiking neural network, simulate it step by step, "
         "and measure accuracy at every timestep, spikes, synaptic operations and energy.",
@@ -76,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
     info.add_argument("--spiking-pools", type=_on_off, default=True, metavar="on|off")
     info.add_argument("--json", help="also write the table as JSON")
+    add_model_options(info)
 
     conv = sub.add_parser("convert", help="convert a CNN into a spiking network file (.snn)")
     conv.add_argument("model", help="Keras model (.keras or .h5)")
@@ -83,12 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
     add_method_options(conv)
     add_run_options(conv)
+    add_model_options(conv)
 
     ev = sub.add_parser("evaluate", help="evaluate CNN and SNN on a dataset; accuracy at every timestep")
     ev.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
     ev.add_argument("--data", required=True, help="test images (.npz with x/y, MNIST .npz, CIFAR batch folder)")
     ev.add_argument("--timesteps", type=_positive_int, default=256, help="T, the simulation length (256)")
-    ev.add_argument("--n", type=_positive_int, help="evaluate the first N images")
+    ev.add_argument("--n", "--num-images", dest="n", type=_positive_int,
+                    help="evaluate the first N images (spell it --num-images under torchrun, whose parser takes --n)")
     ev.add_argument("--mode", choices=("simulate", "count"), default="simulate",
                     help="simulate: time-stepped IF dynamics; count: the closed-form spike-count estimate")
     ev.add_argument("--readout", choices=CHOICES["readout"], help="output spike count (default) or membrane potential")
@@ -99,6 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="write accuracy-vs-timestep PNG (MOps plot beside it)")
     add_method_options(ev)
     add_run_options(ev)
+    add_model_options(ev)
+
+    export = sub.add_parser("export", help="write a converted network as a NIR graph (neuromorphic exchange format)")
+    export.add_argument("model", help="CNN (.keras, .h5, .pt, .onnx; converted first, needs --calib) or .snn")
+    export.add_argument("--nir", required=True, help="output NIR file (HDF5; see docs/nir.md for the neuron semantics)")
+    export.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
+    add_method_options(export)
+    add_run_options(export)
+    add_model_options(export)
+
+    add_reproduce_parser(sub)
 
     demo = sub.add_parser("demo", help="built-in demo: ECC vs 2017-SNN on a small MNIST CNN, offline")
     demo.add_argument("--out", default="spkeras-demo", help="folder for the table, JSON and plots")
@@ -117,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(commands, f"run_{args.command}")(args)
     except SpkerasError as exc:
         print(f"spkeras: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output path that cannot be written, a full disk…
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"spkeras: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spkeras: interrupted", file=sys.stderr)

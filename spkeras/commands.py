@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import api
+from . import api, distributed
 from .atomic import write_json, write_text
 from .evaluate import EvaluationResult, default_checkpoints
 from .ir import neurons
@@ -24,8 +24,17 @@ def format_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def model_argument(args):
+    """The model to hand to the API: the path itself, or the imported graph when --input-shape or
+    --torch-class (PyTorch, ONNX) say how to read it."""
+    shape, torch_class = getattr(args, "input_shape", None), getattr(args, "torch_class", None)
+    if shape is None and torch_class is None:
+        return args.model
+    return api.load_model(args.model, input_shape=shape, torch_class=torch_class)
+
+
 def run_info(args) -> int:
-    loaded = api.load_model(args.model)
+    loaded = api.load_model(model_argument(args))
     graph = loaded.cnn if isinstance(loaded, api.SpikingNetwork) else canonicalise(loaded)
     sites = set(spike_sites(graph, args.spiking_pools))
     ops = cnn_operations(graph)
@@ -47,7 +56,7 @@ def run_info(args) -> int:
 def run_convert(args) -> int:
     from .cli import method_overrides
 
-    net = api.convert(args.model, args.calib, args.method, args.timesteps, args.calib_n, args.batch_size,
+    net = api.convert(model_argument(args), args.calib, args.method, args.timesteps, args.calib_n, args.batch_size,
                       args.device, **method_overrides(args))
     save_snn(net, args.output)
     print(f"wrote {args.output}: {net.method.name}, {len(net.spike_nodes)} spiking layers, made for T={net.timesteps}")
@@ -71,9 +80,14 @@ def summary(result: EvaluationResult) -> str:
 def run_evaluate(args) -> int:
     from .cli import method_overrides
 
-    result = api.evaluate(args.model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
+    model = model_argument(args)
+    result = api.evaluate(model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
                           args.readout, args.device, args.seed, args.batch_size, args.calib_n, args.checkpoints,
                           **method_overrides(args))
+    if model is not args.model:
+        result.model = str(args.model)
+    if distributed.world(args.device)[0] != 0:
+        return 0  # rank 0 reports for the whole evaluation
     print(summary(result))
     if args.json:
         result.save_json(args.json)
@@ -82,6 +96,37 @@ def run_evaluate(args) -> int:
     if args.plot:
         plot_curves({result.method: result}, "accuracy", args.plot)
         plot_curves({result.method: result}, "mops", Path(args.plot).with_name(Path(args.plot).stem + "_mops.png"))
+    return 0
+
+
+def run_reproduce(args) -> int:
+    from .reproduce import Settings, reproduce, summary
+
+    settings = Settings(
+        models=args.model, data=args.data, calib=args.calib, out=args.out, model_nobn=args.model_nobn, n=args.n,
+        calib_n=args.calib_n, device=args.device, seed=args.seed, batch_size=args.batch_size,
+        timesteps=args.timesteps, timesteps_list=args.timesteps_list, bits_list=args.bits_list,
+        rounding=args.rounding, layers=args.layers, near_zero=args.near_zero,
+    )
+    print(summary(reproduce(args.figure, settings), args.out))
+    return 0
+
+
+def run_export(args) -> int:
+    """Convert (unless given a .snn) and write the spiking network as a NIR graph."""
+    import sys
+
+    from .cli import method_overrides
+    from .export.nir import write_nir
+
+    loaded = api.load_model(model_argument(args))
+    net = loaded if isinstance(loaded, api.SpikingNetwork) else api.convert(
+        loaded, args.calib, args.method, args.timesteps, args.calib_n, args.batch_size, args.device,
+        **method_overrides(args))
+    for warning in write_nir(net, args.nir):
+        print(f"spkeras: warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.nir}: NIR graph of {net.method.name}, {len(net.spike_nodes)} spiking layers, "
+          f"made for T={net.timesteps}")
     return 0
 
 

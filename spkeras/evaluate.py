@@ -62,6 +62,7 @@ class EvaluationResult:
     mode_description: str = ""
     spkeras_version: str = __version__
     notes: list[str] = field(default_factory=list)
+    processes: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,14 +127,14 @@ def default_checkpoints(timesteps: int) -> list[int]:
 
 
 def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
-            keep_neuron_counts=False) -> SimulationRecord:
-    """Run the network in the chosen mode."""
+            keep_neuron_counts=False, image_ids=None) -> SimulationRecord:
+    """Run the network in the chosen mode; ``image_ids`` number the images (Poisson input)."""
     if mode == "simulate":
         return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, device=device, seed=seed,
-                        keep_neuron_counts=keep_neuron_counts)
+                        keep_neuron_counts=keep_neuron_counts, image_ids=image_ids)
     if mode == "count":
         return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
-                           batch_size=batch_size, device=device, seed=seed)
+                           batch_size=batch_size, device=device, seed=seed, image_ids=image_ids)
     raise ConfigError(f"mode must be simulate or count, got {mode!r}")
 
 
