@@ -7,6 +7,7 @@ analog input and the layers it feeds before the first neuron) is computed once p
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from .metrics import fan_out, source_layers
 from .ops import apply_linear
 from .progress import progress_bar
 from .snn import SpikingNetwork
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
 @dataclass
@@ -77,6 +80,7 @@ class _Neurons:
         self.fire = fire
         self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
         self.max_current = None
+        self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 
     def run(self, current: _Value, steps: int) -> torch.Tensor:
         """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
@@ -90,7 +94,9 @@ class _Neurons:
             self.max_current = max(self.max_current, float(drive.max()))
         if self.step_current:
             drive = drive + self.step_current
-        out = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
+        if self.buffer is None or self.buffer.shape[0] < steps:
+            self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
+        out = self.buffer[:steps]
         for t in range(steps):
             self.v.add_(drive if current.constant else drive[t])
             if not self.fire:
@@ -102,6 +108,20 @@ class _Neurons:
             else:
                 self.v.masked_fill_(out[t].bool(), 0.0)
         return out
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to serve large tensors from its heap and keep freed memory there.
+
+    By default each ~100 MB activation is mmap-ed afresh and page-faulted in every chunk;
+    keeping freed blocks makes the next chunk reuse them. No effect outside glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
 def simulate(
@@ -125,6 +145,7 @@ def simulate(
     0..N-1). ``probe`` names a spike node whose largest input current is recorded.
     """
     started = time.perf_counter()
+    keep_freed_memory()
     readout = readout or net.method.readout
     graph = net.to(device).graph
     fanouts = {k: v.to(device).flatten() for k, v in fan_out(net.graph).items()}

@@ -110,7 +110,7 @@ def centre_logits(graph: Graph, n: int = 64, seed: int = 100) -> Graph:
 
 
 def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=False, scale=1.0, channels=2,
-              size=9, softmax=True, conv2_padding=(1, 1, 1, 1), centred=True) -> Graph:
+              size=9, softmax=True, conv2_padding=(1, 1, 1, 1), centred=True, tiny_var=False) -> Graph:
     """(a) conv(pad [0,1,0,1], stride 2) → BN → relu → avgpool → conv('same') → relu → flatten → dense → relu
     → dense → softmax. ``conv2_padding=(0, 0, 0, 0)`` makes the second conv 'valid' (use size ≥ 13)."""
     g = _gen(seed)
@@ -126,7 +126,7 @@ def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=Fal
     ]
     last = "conv1"
     if bn:
-        nodes.append(batchnorm("bn1", ["conv1"], c1, g, dtype))
+        nodes.append(batchnorm("bn1", ["conv1"], c1, g, dtype, tiny_var=tiny_var))
         last = "bn1"
         if positive:  # a non-negative affine map, so that every current stays non-negative
             nodes[-1].params["mean"] = torch.zeros_like(nodes[-1].params["mean"])
@@ -149,15 +149,28 @@ def chain_cnn(dtype=torch.float64, seed=0, bn=True, conv_bias=True, positive=Fal
     return centre_logits(graph) if centred and not positive else graph
 
 
-def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False, scale=1.0) -> Graph:
-    """(b) conv → relu → conv → BN → add(with the relu output) → relu → global_avgpool → dense."""
+def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False, scale=1.0, branch=1) -> Graph:
+    """(b) conv → relu → conv → BN → add(with the relu output) → relu → global_avgpool → dense.
+
+    ``branch=2`` puts conv → relu before the BN'd conv, so that the add sums two different
+    spiking populations (their λ differ, and so must the add's coefficients after conversion).
+    """
     g = _gen(seed)
     c = 3
     nodes = [
         Node("input", "input"),
         conv("conv1", ["input"], channels, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
         op("relu1", "relu", ["conv1"]),
-        conv("conv2", ["relu1"], c, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+    ]
+    last = "relu1"
+    if branch == 2:
+        nodes += [
+            conv("conv1b", ["relu1"], c, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
+            op("relu1b", "relu", ["conv1b"]),
+        ]
+        last = "relu1b"
+    nodes += [
+        conv("conv2", [last], c, c, 3, (1, 1), (1, 1, 1, 1), g, dtype, positive=positive, scale=scale),
         batchnorm("bn2", ["conv2"], c, g, dtype),
         op("add", "add", ["bn2", "relu1"]),
         op("relu2", "relu", ["add"]),
@@ -165,7 +178,7 @@ def residual_cnn(dtype=torch.float64, seed=0, channels=2, size=6, positive=False
         dense("fc", ["gap"], c, 4, g, dtype, positive=positive, scale=scale),
     ]
     if positive:  # keep the BN a non-negative affine map so that every current stays non-negative
-        bn = nodes[4].params
+        bn = next(n for n in nodes if n.op == "batchnorm").params
         bn["mean"] = torch.zeros_like(bn["mean"])
         bn["beta"] = bn["beta"].abs()
     graph = finish(nodes, "fc", (channels, size, size), name="residual")
