@@ -134,7 +134,7 @@ def simulate(
     device: str = "cpu",
     seed: int = 0,
     image_ids: torch.Tensor | None = None,
-    keep_neuron_counts: bool = False,
+    keep_neuron_counts: bool | list[str] = False,
     probe: str | None = None,
 ) -> SimulationRecord:
     """Simulate ``timesteps`` steps on channels-first images in [0, 1].
@@ -142,7 +142,8 @@ def simulate(
     ``readout='spikes'`` predicts the output layer's largest spike count (ties → lowest index);
     ``'potential'`` makes the output layer integrate without firing and predicts its largest
     membrane potential. ``image_ids`` index images for reproducible Poisson input (default
-    0..N-1). ``probe`` names a spike node whose largest input current is recorded.
+    0..N-1). ``keep_neuron_counts``: True, or the layers whose per-neuron counts to keep.
+    ``probe`` names a spike node whose largest input current is recorded.
     """
     started = time.perf_counter()
     keep_freed_memory()
@@ -155,7 +156,8 @@ def simulate(
     predictions = torch.empty((timesteps, n), dtype=torch.int64)
     spikes = torch.zeros((timesteps, len(layers)), dtype=torch.float64)
     synops = torch.zeros_like(spikes)
-    counts = {name: [] for name in layers} if keep_neuron_counts else None
+    kept = layers if keep_neuron_counts is True else list(keep_neuron_counts or [])
+    counts = {name: [] for name in kept} if kept else None
     largest = float("-inf")
     for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
         batch = images[start : start + batch_size].to(device)
@@ -164,8 +166,8 @@ def simulate(
         largest = max(largest, result[2])
         predictions[:, start : start + batch.shape[0]] = result[0].cpu()
         if counts is not None:
-            for name, tensor in result[1].items():
-                counts[name].append(tensor.cpu())
+            for name in counts:
+                counts[name].append(result[1][name].cpu())
     neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
     return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
                             synops.cumsum(0), neuron_counts, time.perf_counter() - started,
@@ -197,7 +199,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         fires = neurons[output].fire
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
-        predictions[t0 : t0 + steps] = scores.argmax(dim=-1)
+        predictions[t0 : t0 + steps] = scores.flatten(2).argmax(dim=-1)
         skip = {graph.input.name} if encoder.constant else set()
         if not fires:
             skip.add(output)

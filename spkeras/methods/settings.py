@@ -39,6 +39,8 @@ class Method:
     readout: the output layer's spike count, or its membrane potential (non-firing).
     bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
     spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
+    rate_calibration, rate_calibration_images: rounds of per-channel bias correction towards the
+        rate model after T steps, on that many calibration images (0: off).
     """
 
     name: str = "custom"
@@ -61,6 +63,8 @@ class Method:
     rounding: str = "trunc"
     spikenorm_timesteps: int = 64
     spikenorm_images: int = 50
+    rate_calibration: int = 0
+    rate_calibration_images: int = 256
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -72,7 +76,10 @@ class Method:
             raise ConfigError(f"bits must be between 2 and 32, got {self.bits}")
         if self.statistic == "spikenorm" and self.threshold_rule != "balance":
             raise ConfigError("statistic spikenorm sets thresholds, so it needs threshold_rule balance")
-        for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images"):
+        if self.rate_calibration < 0:
+            raise ConfigError(f"rate_calibration must be ≥ 0, got {self.rate_calibration}")
+        for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images",
+                      "rate_calibration_images"):
             if not getattr(self, field) > 0:
                 raise ConfigError(f"{field} must be positive, got {getattr(self, field)}")
         if not 0 < self.percentile <= 100:
