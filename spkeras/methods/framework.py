@@ -25,6 +25,7 @@ from ..passes import canonicalise
 from ..quantise import quantise
 from ..snn import SpikingNetwork
 from . import ecc
+from .rate_calibration import calibrate_rates
 from .settings import Method
 
 POOL_OPS = ("avgpool", "global_avgpool")
@@ -54,15 +55,26 @@ def convert(
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    graph, spike_lambdas, reference = prepare(cnn, calibration, method, batch_size, device)
+    net = build(graph, spike_lambdas, method, timesteps, reference)
+    if method.statistic == "spikenorm":
+        net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
+    if method.rate_calibration:
+        net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration, device)
+    return net
+
+
+def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_size: int = 100,
+            device: str = "cpu") -> tuple[Graph, dict[str, float], Graph]:
+    """Steps 1–4 up to normalisation, which do not depend on T: the neuron-bearing graph, λ of
+    every spike node, and the reference CNN. ``build(graph, λ, method, T, reference)`` then gives
+    the network for any T (what :func:`convert` does, except Spike-Norm's extra calibration)."""
     reference = canonicalise(cnn, use_eps=True)
     folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
     sites = spike_sites(folded, method.spiking_pools)
     lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
     graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
-    net = build(graph, spike_lambdas, method, timesteps, reference)
-    if method.statistic == "spikenorm":
-        net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
-    return net
+    return graph, spike_lambdas, reference
 
 
 def build(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: int, cnn: Graph) -> SpikingNetwork:
@@ -89,7 +101,8 @@ def site_lambdas(graph, sites, calibration, method: Method, batch_size: int, dev
 def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
     """Model-based normalisation (Diehl et al. 2015): the largest activation the weights allow
     for inputs in [0, 1], propagated layer by layer: Σ_j max(W_ij, 0)·bound_in + max(b_i, 0)."""
-    bound = {graph.input.name: torch.ones(graph.input.shape)}
+    dtype = next((p.dtype for n in graph.nodes for p in n.params.values()), torch.float32)
+    bound = {graph.input.name: torch.ones(graph.input.shape, dtype=dtype)}
     for node in graph.nodes[1:]:
         inputs = [bound[i] for i in node.inputs]
         if node.op in ("conv2d", "dense"):
@@ -114,7 +127,9 @@ def spike_norm(graph: Graph, net: SpikingNetwork, images: torch.Tensor, device: 
         largest = probe.max_current[node.name]
         if not largest > 0:
             raise GraphError(f"Spike-Norm: {node.source or node.name} receives no positive current on the calibration images")
-        lambdas[node.name] = lambdas[node.name] * largest / node.attrs["threshold"]
+        # the threshold of the network just simulated: the layers below have been rebalanced since
+        current = net.graph.node(node.name).attrs["threshold"]
+        lambdas[node.name] = lambdas[node.name] * largest / current
         net = build(graph, lambdas, net.method, net.timesteps, net.cnn)
     return net
 
@@ -157,7 +172,8 @@ def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps
             source = graph.node(node.inputs[0])
             lam = lambdas[node.name]
             v_thr = threshold(method, lam, unit[source.name])
-            rescale(source, unit[source.name] * v_thr / lam)
+            # threshold balancing keeps the weights: the factor is 1 by construction, so use 1 exactly
+            rescale(source, 1.0 if method.threshold_rule == "balance" else unit[source.name] * v_thr / lam)
             configure_neuron(node, v_thr * method.threshold_scale, method, timesteps)
             unit[node.name] = lam
             continue
