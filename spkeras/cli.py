@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .errors import SpkerasError
 from .methods import PRESETS
@@ -71,7 +72,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kappa0", type=float, help="Algorithm 1 input threshold κ₀ (100)")
     group.add_argument("--spiking-pools", type=_on_off, metavar="on|off", help="spiking neurons after average pooling")
     group.add_argument("--alpha", type=float, dest="threshold_scale",
-                       help="threshold scale α: every V_thr × α after normalisation, weights kept (RMP; rmp0.8: 0.8)")
+                       help="threshold scale α: every V_thr × α after normalisation, weights kept (RMP: 0.8, 0.9)")
     group.add_argument("--bits", type=int, help="b-bit signed fixed-point weights and integer thresholds (2..32)")
     group.add_argument("--rounding", choices=CHOICES["rounding"], help="--bits rounding: nearest or trunc (default)")
     group.add_argument("--calib", help="calibration images for λ (.npz, CIFAR or MNIST archive)")
@@ -126,7 +127,8 @@ def add_reproduce_parser(sub) -> None:
     rep.add_argument("--n", type=_positive_int, help="evaluate the first N test images (default: all)")
     rep.add_argument("--timesteps", type=_positive_int, help="the T of fig3a (default 128) and fig5 (default 64)")
     rep.add_argument("--timesteps-list", type=_int_list,
-                     help="comma-separated T axis (fig3b: 128,256; others: 32,64,128,256,512,1024)")
+                     help="comma-separated T axis (default 32,64,128,256,512,1024); fig3b uses 128 and 256, "
+                     "those of them listed, else the two largest")
     rep.add_argument("--bits-list", type=_int_list, help="fig4's weight bits (32,10,9,8,7)")
     rep.add_argument("--rounding", choices=CHOICES["rounding"], help="fig4's rounding to integers (trunc)")
     rep.add_argument("--layers", type=_int_list, help="fig5's spiking layers, 1-based (4,8,12,16)")
@@ -201,13 +203,15 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "quiet", False):
         set_quiet(True)
     try:
-        return getattr(commands, f"run_{args.command}")(args)
+        with warnings.catch_warnings():  # library noise (deprecations, pickle protocol notes) is not for CLI users
+            warnings.filterwarnings("ignore", module=r"(torch|keras|onnx|h5py|numpy|safetensors|nir|tqdm)(\.|$)")
+            return getattr(commands, f"run_{args.command}")(args)
     except SpkerasError as exc:
         print(f"spkeras: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an output path that cannot be written, a full disk…
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"spkeras: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"spkeras: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("spkeras: interrupted", file=sys.stderr)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
@@ -47,4 +49,97 @@ def plot_curves(results: dict, key: str, path, title: str = "", markers: dict | 
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    _save(fig, path)
+
+
+@dataclass
+class Panel:
+    """One set of axes of :func:`plot_panels`: named series of (x, y) points.
+
+    ``references``: horizontal dashed lines (label → y); ``annotations``: per series, one text
+    per point; ``logx``: the x axis' log base (None: linear); ``step``: draw as a histogram.
+    """
+
+    xlabel: str
+    ylabel: str
+    series: dict[str, list[tuple[float, float]]]
+    title: str = ""
+    logx: int | None = 2
+    logy: bool = False
+    references: dict[str, float] = field(default_factory=dict)
+    annotations: dict[str, list[str]] = field(default_factory=dict)
+    step: bool = False
+
+
+@dataclass
+class BarPanel:
+    """One bar chart of :func:`plot_bars`: a value per bar (None: no bar, marked 'n/a'), and
+    optional individual points drawn over each bar (e.g. one per model)."""
+
+    ylabel: str
+    values: dict[str, float | None]
+    points: dict[str, list[float]] = field(default_factory=dict)
+    title: str = ""
+
+
+def _grid(count: int, width: float = 4.6, height: float = 3.6):
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, list(axes[0])
+
+
+def plot_panels(panels: list[Panel], path, title: str = "") -> None:
+    """Line plots side by side, with markers at every point (the paper's accuracy/MOps figures)."""
+    fig, axes = _grid(len(panels))
+    for ax, panel in zip(axes, panels):
+        for label, points in panel.series.items():
+            if not points:
+                continue
+            x, y = [p[0] for p in points], [p[1] for p in points]
+            if panel.step:
+                ax.step(x, y, where="mid", label=label, linewidth=1.3)
+            else:
+                ax.plot(x, y, marker="o", markersize=3.5, label=label, linewidth=1.5)
+            for (px, py), text in zip(points, panel.annotations.get(label, [])):
+                ax.annotate(text, (px, py), textcoords="offset points", xytext=(3, 3), fontsize=6)
+        for label, y in panel.references.items():
+            ax.axhline(y, color="grey", linestyle="--", linewidth=1, label=label)
+        if panel.logx:
+            ax.set_xscale("log", base=panel.logx)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        if panel.logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        if panel.title:
+            ax.set_title(panel.title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_bars(panels: list[BarPanel], path, title: str = "") -> None:
+    """Bar charts side by side (the paper's ablation histogram, Table 2 as a figure)."""
+    fig, axes = _grid(len(panels), width=4.2)
+    for ax, panel in zip(axes, panels):
+        labels = list(panel.values)
+        heights = [panel.values[k] if panel.values[k] is not None else 0.0 for k in labels]
+        bars = ax.bar(range(len(labels)), heights, color="#4C72B0", alpha=0.85)
+        for bar, label in zip(bars, labels):
+            value = panel.values[label]
+            text = "n/a" if value is None else f"{value:.3g}"
+            top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+            ax.annotate(text, top, ha="center", va="bottom", fontsize=7)
+        for index, label in enumerate(labels):
+            points = panel.points.get(label, [])
+            ax.plot([index] * len(points), points, "k.", markersize=5)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(panel.ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        if panel.title:
+            ax.set_title(panel.title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save(fig, path)

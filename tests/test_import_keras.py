@@ -473,11 +473,13 @@ def test_bad_files_give_one_line(case, tmp_path):
     assert str(path) in text and expected in text
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.pt", "model", "model.hdf5"])
+@pytest.mark.parametrize("name", ["model.tflite", "model.pb", "model", "model.hdf5"])  # .onnx, .pt: other importers
 def test_unsupported_extension(tmp_path, name):
+    from spkeras.importers import SUPPORTED_FORMATS
+
     path = tmp_path / name
     path.write_bytes(b"x")
-    assert message(str(path)) == f"unsupported model file {path}: supported formats are .keras and .h5 (Keras)"
+    assert message(str(path)) == f"unsupported model file {path}: supported formats are {SUPPORTED_FORMATS}"
 
 
 def test_unsupported_object():

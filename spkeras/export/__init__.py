@@ -1,0 +1,1 @@
+"""Exporters: a converted :class:`~spkeras.snn.SpikingNetwork` written in other formats (NIR)."""
