@@ -116,6 +116,7 @@ def plot_panels(panels: list[Panel], path, title: str = "") -> None:
             ax.set_title(panel.title, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -142,4 +143,5 @@ def plot_bars(panels: list[BarPanel], path, title: str = "") -> None:
             ax.set_title(panel.title, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     _save(fig, path)

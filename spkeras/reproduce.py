@@ -219,7 +219,8 @@ class Runner:
         """The converted network; λ computed once per model and λ statistic, reused across T."""
         graph = self.graph(model)
         device = api.check_device(self.s.device)
-        if method.statistic == "spikenorm":   # its thresholds come from simulations: convert in full
+        if method.statistic == "spikenorm" or getattr(method, "rate_calibration", 0):
+            # steps after build() that simulate (Spike-Norm thresholds, rate calibration): convert in full
             return convert_graph(graph, self.calibration(graph), method, timesteps, self.s.batch_size, device)
         key = (model, method.cmb, method.spiking_pools, method.statistic, method.percentile)
         if key not in self._prepared:
@@ -282,7 +283,8 @@ class Runner:
         cnn, snn = result["cnn_accuracy"] * 100, result["snn_accuracy"][t - 1] * 100
         run = (f"spread TRE: converted and simulated for T={t}" if spread(curve.method)
                else f"one simulation of {entry['timesteps']} steps, read after t={t}")
-        return {"cnn_accuracy_pct": cnn, "snn_accuracy_pct": snn, "loss_points": cnn - snn,
+        return {"cnn_accuracy_pct": round(cnn, 6), "snn_accuracy_pct": round(snn, 6),
+                "loss_points": round(cnn - snn, 6),
                 "mops_per_image": result["synops"]["mops_per_image"][t - 1], "run": run,
                 "n": result["n"], "mode": result["mode"], "device": result["device"]}
 
@@ -353,7 +355,7 @@ def fig3a(runner: Runner) -> Figure:
         means = {}
         for label, _ in variants:
             mine = [r for r in rows if r["variant"] == label]
-            means[label] = sum(r["loss_points"] for r in mine) / len(mine)
+            means[label] = round(sum(r["loss_points"] for r in mine) / len(mine), 6)
             if len(runner.s.models) > 1:
                 rows.append({"variant": label, "model": "mean over models", "timesteps": t,
                              "loss_points": means[label], **{k: mine[0][k] for k in COMMON_COLUMNS}})
@@ -468,7 +470,7 @@ def fig4(runner: Runner) -> Figure:
         rows = curve_rows(runner, curves, lambda c: {"bits": c.method.bits})
         reference = {row["timesteps"]: row["snn_accuracy_pct"] for row in rows if row["bits"] == max(bits)}
         for row in rows:
-            row["error_increment_points"] = reference[row["timesteps"]] - row["snn_accuracy_pct"]
+            row["error_increment_points"] = round(reference[row["timesteps"]] - row["snn_accuracy_pct"], 6)
         panels = [Panel("timesteps T", "accuracy (%)", series_of(rows, "timesteps", "snn_accuracy_pct"),
                         references={"CNN": rows[0]["cnn_accuracy_pct"]}),
                   Panel("timesteps T", f"error increment over {max(bits)}-bit (points)",
@@ -544,9 +546,11 @@ def table2(runner: Runner) -> Figure:
             points = {t: runner.point(c, t) for t in ts}
             reached = [t for t in ts if points[t]["loss_points"] <= near]
             latency = reached[0] if reached else None
+            stays = [t for k, t in enumerate(ts) if all(points[u]["loss_points"] <= near for u in ts[k:])]
             at = points[latency] if latency else points[ts[-1]]
             rows.append({"series": c.label, "method": c.method.name, "near_zero_points": near,
-                         "latency_timesteps": latency, "paper_latency_timesteps": PAPER_TABLE2.get(c.label),
+                         "latency_timesteps": latency, "stays_near_zero_from": stays[0] if stays else None,
+                         "paper_latency_timesteps": PAPER_TABLE2.get(c.label),
                          "cnn_accuracy_pct": at["cnn_accuracy_pct"], "snn_accuracy_pct": at["snn_accuracy_pct"],
                          "loss_points": at["loss_points"], "mops_per_image": at["mops_per_image"] if latency else None,
                          f"mops_per_image_at_T{ts[-1]}": points[ts[-1]]["mops_per_image"],
@@ -556,12 +560,13 @@ def table2(runner: Runner) -> Figure:
                            title=f"loss ≤ {near} points, T in {list(ts)}"),
                   BarPanel("MOps per image at that latency", {r["series"]: r["mops_per_image"] for r in rows})]
         notes = [f"near-zero accuracy loss: CNN − SNN ≤ {near} points (--near-zero), the first T of {list(ts)} "
-                 f"where it holds; n/a: not reached. With n images one image is {100 / rows[0]['n']:.3g} points",
+                 f"where it holds; n/a: not reached. stays_near_zero_from: the first T from which it holds at every "
+                 f"larger T of the list. With n images one image is {100 / rows[0]['n']:.3g} points",
                  "accuracy, loss and MOps are at that latency (or, if not reached, accuracy and loss at the largest T)",
                  "paper_latency_timesteps: Table 2 of the paper (VGG-16, CIFAR-10)", *curve_notes(curves)]
-        columns = ["series", "method", "near_zero_points", "latency_timesteps", "paper_latency_timesteps",
-                   "cnn_accuracy_pct", "snn_accuracy_pct", "loss_points", "mops_per_image",
-                   f"mops_per_image_at_T{ts[-1]}"]
+        columns = ["series", "method", "near_zero_points", "latency_timesteps", "stays_near_zero_from",
+                   "paper_latency_timesteps", "cnn_accuracy_pct", "snn_accuracy_pct", "loss_points",
+                   "mops_per_image", f"mops_per_image_at_T{ts[-1]}"]
         return Output(columns, rows, lambda path: plot_bars(panels, path, figure.title), notes,
                       {"near_zero_points": near})
 

@@ -25,7 +25,8 @@ COLUMNS = {
     "fig4": ["series", "bits", "method", "model", "timesteps", "cnn_accuracy_pct", "snn_accuracy_pct",
              "error_increment_points", "loss_points", "mops_per_image", "run"],
     "fig5": ["layer_index", "layer", "series", "timesteps", "spike_count", "fraction_of_neurons", "mean_spike_count"],
-    "table2": ["series", "method", "near_zero_points", "latency_timesteps", "paper_latency_timesteps",
+    "table2": ["series", "method", "near_zero_points", "latency_timesteps", "stays_near_zero_from",
+               "paper_latency_timesteps",
                "cnn_accuracy_pct", "snn_accuracy_pct", "loss_points", "mops_per_image", "mops_per_image_at_T8"],
 }
 
@@ -86,7 +87,9 @@ def test_figure_contents(everything):
     table = documents["table2"]
     assert table["near_zero_points"] == 0.1 and any("0.1 points" in n for n in table["note"])
     for row in table["rows"]:
-        assert row["latency_timesteps"] in (None, 4, 8)
+        assert row["latency_timesteps"] in (None, 4, 8) and row["stays_near_zero_from"] in (None, 4, 8)
+        if row["stays_near_zero_from"] is not None:
+            assert row["latency_timesteps"] <= row["stays_near_zero_from"]
         assert (row["mops_per_image"] is None) == (row["latency_timesteps"] is None)
 
 
@@ -154,3 +157,22 @@ def test_interrupted_run_keeps_complete_entries_and_resumes(tmp_path, monkeypatc
     documents = reproduce("fig3e", settings(tmp_path, timesteps_list=[4, 8, 16]))
     assert documents["fig3e"]["runs"] == {"needed": 4, "from_cache": 2, "simulated": 2}
     assert len(cached(tmp_path)) == 6
+
+
+def test_networks_reused_across_t_equal_a_fresh_conversion(tmp_path):
+    """λ is computed once and the network rebuilt per T; that must be the network convert() makes."""
+    import torch
+
+    from spkeras.methods import get_method
+
+    runner = spkeras.reproduce.Runner(settings(tmp_path))
+    for method in (get_method("ecc"), get_method("ecc", bits=8), get_method("rmp0.8")):
+        for t in (4, 16):
+            reused = runner.network(MODEL, method, t)
+            fresh = spkeras.api.convert(MODEL, CALIB, method.name, t, calib_n=40, **{
+                k: v for k, v in method.to_dict().items() if k not in ("name", "citation")})
+            assert reused.lambdas == fresh.lambdas
+            for a, b in zip(reused.graph.nodes, fresh.graph.nodes):
+                assert a.name == b.name and a.attrs == b.attrs
+                assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert len(runner._prepared) == 1      # one calibration for ECC, its 8-bit variant and RMP (all λ = max)
