@@ -61,9 +61,17 @@ class _Value:
 
 
 def _linear(node: Node, inputs: list[_Value], steps: int) -> _Value:
-    """Apply a stateless layer to all steps of the chunk at once (or once, if constant)."""
+    """Apply a stateless layer to all steps of the chunk at once (or once, if constant).
+
+    A layer whose input is silent for the whole chunk (deep layers in the first steps) outputs
+    its bias at every step: that is computed once, exactly as the full layer would.
+    """
     if all(v.constant for v in inputs):
         return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
+    if len(inputs) == 1 and not inputs[0].tensor.any():
+        silent = inputs[0].tensor[0, :1]
+        out = apply_linear(node, [silent])
+        return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
     out = apply_linear(node, flat)
     return _Value(out.view(steps, -1, *out.shape[1:]), False)
