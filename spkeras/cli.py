@@ -91,6 +91,13 @@ def method_overrides(args) -> dict:
     }
 
 
+def add_conversion_options(parser: argparse.ArgumentParser) -> None:
+    """Method switches, run options and model-reading options, for every converting command."""
+    add_method_options(parser)
+    add_run_options(parser)
+    add_model_options(parser)
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for Poisson input and any randomness (0)")
@@ -160,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("model", help="Keras model (.keras or .h5)")
     conv.add_argument("-o", "--output", required=True, help="output .snn file (safetensors + JSON metadata)")
     conv.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
-    add_method_options(conv)
-    add_run_options(conv)
-    add_model_options(conv)
+    add_conversion_options(conv)
 
     ev = sub.add_parser("evaluate", help="evaluate CNN and SNN on a dataset; accuracy at every timestep")
     ev.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
@@ -178,17 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the full result as JSON")
     ev.add_argument("--csv", help="write accuracy and MOps per timestep as CSV")
     ev.add_argument("--plot", help="write accuracy-vs-timestep PNG (MOps plot beside it)")
-    add_method_options(ev)
-    add_run_options(ev)
-    add_model_options(ev)
+    add_conversion_options(ev)
 
     export = sub.add_parser("export", help="write a converted network as a NIR graph (neuromorphic exchange format)")
     export.add_argument("model", help="CNN (.keras, .h5, .pt, .onnx; converted first, needs --calib) or .snn")
     export.add_argument("--nir", required=True, help="output NIR file (HDF5; see docs/nir.md for the neuron semantics)")
     export.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
-    add_method_options(export)
-    add_run_options(export)
-    add_model_options(export)
+    add_conversion_options(export)
 
     add_reproduce_parser(sub)
 

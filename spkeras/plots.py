@@ -87,6 +87,20 @@ def _grid(count: int, width: float = 4.6, height: float = 3.6):
     return fig, list(axes[0])
 
 
+def _label(ax, panel, grid_axis: str) -> None:
+    ax.set_ylabel(panel.ylabel)
+    ax.grid(alpha=0.3, axis=grid_axis)
+    if panel.title:
+        ax.set_title(panel.title, fontsize=9)
+
+
+def _finish(fig, title: str, path) -> None:
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_panels(panels: list[Panel], path, title: str = "") -> None:
     """Line plots side by side, with markers at every point (the paper's accuracy/MOps figures)."""
     fig, axes = _grid(len(panels))
@@ -109,15 +123,9 @@ def plot_panels(panels: list[Panel], path, title: str = "") -> None:
         if panel.logy:
             ax.set_yscale("log")
         ax.set_xlabel(panel.xlabel)
-        ax.set_ylabel(panel.ylabel)
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        if panel.title:
-            ax.set_title(panel.title, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+        _label(ax, panel, "both")
+    _finish(fig, title, path)
 
 
 def plot_bars(panels: list[BarPanel], path, title: str = "") -> None:
@@ -137,11 +145,5 @@ def plot_bars(panels: list[BarPanel], path, title: str = "") -> None:
             ax.plot([index] * len(points), points, "k.", markersize=5)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel(panel.ylabel)
-        ax.grid(alpha=0.3, axis="y")
-        if panel.title:
-            ax.set_title(panel.title, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    _save(fig, path)
+        _label(ax, panel, "y")
+    _finish(fig, title, path)

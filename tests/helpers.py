@@ -223,3 +223,22 @@ def algorithm1_counts(x: torch.Tensor, kappa0: float, steps: int) -> torch.Tenso
         v = torch.where(fired, v - kappa0, v)
         count += fired.double()
     return count
+
+
+def randomize_keras(model, seed: int = 0, kernel_gain: float = 1.0, bias_mean: float = 0.0,
+                    bias_std: float = 0.3) -> None:
+    """Give every variable of a Keras model random values of sensible size, BN statistics included."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape, path = tuple(variable.shape), variable.path
+        if path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 2.0, shape)
+        elif path.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif path.endswith("kernel"):
+            value = rng.normal(0.0, kernel_gain / np.sqrt(np.prod(shape[:-1])), shape)
+        else:  # bias, beta, moving_mean
+            value = rng.normal(bias_mean, bias_std, shape)
+        variable.assign(value.astype(np.float32))

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package is not installed in the venv
     sys.path.insert(0, str(ROOT))
 
+from tests.helpers import randomize_keras
 from spkeras.errors import ModelError  # noqa: E402
 from spkeras.importers import load_model  # noqa: E402
 from spkeras.importers.keras import import_keras  # noqa: E402
@@ -31,18 +32,7 @@ layers = keras.layers
 
 def randomize(model, seed=0):
     """Give every variable random values of sensible size, BN moving statistics included."""
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape, path = tuple(variable.shape), variable.path
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 2.0, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith("kernel"):
-            value = rng.normal(0.0, 1.0 / np.sqrt(np.prod(shape[:-1])), shape)
-        else:  # bias, beta, moving_mean
-            value = rng.normal(0.0, 0.3, shape)
-        variable.assign(value.astype(np.float32))
+    randomize_keras(model, seed)
     return model
 
 

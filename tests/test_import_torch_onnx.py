@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tests.helpers import randomize_keras
 from spkeras import api, cli
 from spkeras.demo import asset
 from spkeras.errors import ModelError
@@ -113,18 +114,7 @@ def resnet_keras():
     z = layers.GlobalAveragePooling2D(name="gap")(z)
     outputs = layers.Dense(5, activation="softmax", name="fc")(z)
     model = keras.Model(inputs, outputs, name="resnet_small")
-    rng = np.random.default_rng(0)
-    for variable in model.weights:
-        shape, path = tuple(variable.shape), variable.path
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 2.0, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith("kernel"):
-            value = rng.normal(0.0, 1.5 / np.sqrt(np.prod(shape[:-1])), shape)
-        else:
-            value = rng.normal(0.05, 0.2, shape)
-        variable.assign(value.astype(np.float32))
+    randomize_keras(model, 0, kernel_gain=1.5, bias_mean=0.05, bias_std=0.2)
     return model
 
 
