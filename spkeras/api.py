@@ -87,11 +87,11 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     device = check_device(device)
     torch.manual_seed(seed)
     started = time.perf_counter()
+    dataset = as_dataset(data, n)
     loaded = load_model(model)
     net = loaded if isinstance(loaded, SpikingNetwork) else convert(
         loaded, calibration, method, timesteps, calib_n, batch_size, device, **options)
     converted = time.perf_counter()
-    dataset = as_dataset(data, n)
     images, labels = images_and_labels(dataset, net.cnn)
     rank, size = distributed.world(device)
     start, stop = distributed.shard(len(dataset), rank, size)

@@ -75,6 +75,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                        help="threshold scale α: every V_thr × α after normalisation, weights kept (RMP: 0.8, 0.9)")
     group.add_argument("--bits", type=int, help="b-bit signed fixed-point weights and integer thresholds (2..32)")
     group.add_argument("--rounding", choices=CHOICES["rounding"], help="--bits rounding: nearest or trunc (default)")
+    group.add_argument("--readout-delay", type=int, metavar="K",
+                       help="read only what the output accumulates after step K (0: from the start)")
     group.add_argument("--rate-calibration", type=int, metavar="ROUNDS",
                        help="per-channel bias correction towards the rate model after T steps, layer by layer (0: off)")
     group.add_argument("--calib", help="calibration images for λ (.npz, CIFAR or MNIST archive)")
@@ -87,7 +89,7 @@ def method_overrides(args) -> dict:
         "statistic": args.statistic, "percentile": args.percentile, "reset": args.reset,
         "encoding": args.encoding, "kappa0": args.kappa0, "spiking_pools": args.spiking_pools,
         "threshold_scale": args.threshold_scale, "bits": args.bits, "rounding": args.rounding,
-        "rate_calibration": args.rate_calibration,
+        "rate_calibration": args.rate_calibration, "readout_delay": args.readout_delay,
     }
 
 

@@ -195,6 +195,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         neurons[probe].max_current = float("-inf")
     totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype) for name in layers}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
+    baseline = None
     for t0 in range(0, timesteps, chunk):
         steps = min(chunk, timesteps - t0)
         values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
@@ -207,12 +208,29 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         fires = neurons[output].fire
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
+        scores, baseline = _delayed(scores, baseline, t0, net.method.readout_delay)
         predictions[t0 : t0 + steps] = scores.flatten(2).argmax(dim=-1)
         skip = {graph.input.name} if encoder.constant else set()
         if not fires:
             skip.add(output)
         _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps)
     return predictions, totals, neurons[probe].max_current if probe else float("-inf")
+
+
+def _delayed(scores: torch.Tensor, baseline, t0: int, delay: int):
+    """Delayed readout: after step ``delay``, read the output accumulated since that step.
+
+    ``scores[i]`` is the cumulative readout after step t0+i+1; the readout at step ``delay`` is
+    kept as the baseline and subtracted from every later step. Earlier steps read as usual.
+    """
+    steps = scores.shape[0]
+    if delay and t0 < delay <= t0 + steps:
+        baseline = scores[delay - t0 - 1].clone()
+    if not delay or t0 + steps <= delay:
+        return scores, baseline
+    later = torch.arange(t0 + 1, t0 + steps + 1, device=scores.device) > delay
+    shape = (-1,) + (1,) * (scores.dim() - 1)
+    return torch.where(later.view(shape), scores - baseline, scores), baseline
 
 
 def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps):

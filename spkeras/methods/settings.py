@@ -37,6 +37,7 @@ class Method:
     encoding, kappa0: analog current, Algorithm 1 with threshold κ₀, or Bernoulli (Poisson) spikes.
     spiking_pools: average-pooling layers get their own spiking neurons.
     readout: the output layer's spike count, or its membrane potential (non-firing).
+    readout_delay: read only what the output accumulates after this many steps (0: all).
     bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
     spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
     rate_calibration, rate_calibration_images: rounds of per-channel bias correction towards the
@@ -59,6 +60,7 @@ class Method:
     kappa0: float = 100.0
     spiking_pools: bool = True
     readout: str = "spikes"
+    readout_delay: int = 0
     bits: int | None = None
     rounding: str = "trunc"
     spikenorm_timesteps: int = 64
@@ -76,6 +78,8 @@ class Method:
             raise ConfigError(f"bits must be between 2 and 32, got {self.bits}")
         if self.statistic == "spikenorm" and self.threshold_rule != "balance":
             raise ConfigError("statistic spikenorm sets thresholds, so it needs threshold_rule balance")
+        if self.readout_delay < 0:
+            raise ConfigError(f"readout_delay must be ≥ 0, got {self.readout_delay}")
         if self.rate_calibration < 0:
             raise ConfigError(f"rate_calibration must be ≥ 0, got {self.rate_calibration}")
         for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images",
