@@ -55,7 +55,7 @@ def thresholds(net):
 
 
 def test_every_preset_is_tested():
-    assert set(PRESETS) == {"ecc", "rueckauer2017", "rmp", "rmp0.8", "rmp0.9", "spikenorm", "diehl2015", "cao2015"}
+    assert set(PRESETS) == {"ecc", "ecc+", "rueckauer2017", "rmp", "rmp0.8", "rmp0.9", "spikenorm", "diehl2015", "cao2015"}
 
 
 # ------------------------------------------------------------------ ecc and rueckauer2017
@@ -344,3 +344,34 @@ def test_cli_convert_with_alpha_and_bits(tmp_path, capsys):
     assert main(bad) == 2
     assert "bits must be between 2 and 32" in capsys.readouterr().err
     assert not (tmp_path / "y.snn").exists()
+
+
+def test_ecc_plus_is_ecc_with_the_low_latency_switches():
+    """ecc+ keeps ECC's CN, CMB and λ and changes only the time-stepping switches."""
+    from spkeras.methods import get_method
+
+    ecc, plus = get_method("ecc"), get_method("ecc+")
+    changed = {k for k, v in plus.to_dict().items() if v != ecc.to_dict()[k]}
+    assert changed == {"name", "citation", "tre", "spiking_pools", "readout", "readout_delay_fraction",
+                       "rate_calibration", "rate_calibration_images"}
+    assert plus.tre == "initial" and not plus.spiking_pools and plus.readout == "potential"
+
+
+def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
+    from spkeras.methods.rate_calibration import channel_means, rate_model_means
+    from spkeras.simulate import simulate
+
+    cnn, calib = chain_and_images()
+    timesteps = 16
+    plain = convert(cnn, calib, get_method("ecc+", rate_calibration=0), timesteps)
+    tuned = convert(cnn, calib, get_method("ecc+"), timesteps)
+    assert tuned.method.readout_delay == timesteps // 4
+    images = calib[: tuned.method.rate_calibration_images]
+    targets = rate_model_means(plain, images)
+
+    def rate_error(net):
+        counts = simulate(net, images, timesteps, keep_neuron_counts=True).neuron_counts
+        hidden = [n.name for n in net.spike_nodes if n.name != net.graph.output]
+        return sum(float((channel_means(counts[h]) / timesteps - targets[h]).abs().sum()) for h in hidden)
+
+    assert rate_error(tuned) < rate_error(plain)

@@ -78,8 +78,11 @@ def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_
 
 
 def build(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: int, cnn: Graph) -> SpikingNetwork:
-    """Normalise a copy of the neuron-bearing graph and quantise it if asked (section 4.4)."""
+    """Normalise a copy of the neuron-bearing graph for T steps (a fractional readout delay
+    becomes a number of steps) and quantise it if asked (section 4.4)."""
     graph = graph.clone()
+    if method.readout_delay_fraction:
+        method = method.with_options(readout_delay=int(method.readout_delay_fraction * timesteps))
     normalise(graph, lambdas, method, timesteps)
     if method.bits is not None:
         quantise(graph, method.bits, method.rounding)

@@ -38,6 +38,7 @@ class Method:
     spiking_pools: average-pooling layers get their own spiking neurons.
     readout: the output layer's spike count, or its membrane potential (non-firing).
     readout_delay: read only what the output accumulates after this many steps (0: all).
+    readout_delay_fraction: at conversion for T steps, sets readout_delay = ⌊fraction·T⌋.
     bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
     spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
     rate_calibration, rate_calibration_images: rounds of per-channel bias correction towards the
@@ -61,6 +62,7 @@ class Method:
     spiking_pools: bool = True
     readout: str = "spikes"
     readout_delay: int = 0
+    readout_delay_fraction: float = 0.0
     bits: int | None = None
     rounding: str = "trunc"
     spikenorm_timesteps: int = 64
@@ -78,6 +80,8 @@ class Method:
             raise ConfigError(f"bits must be between 2 and 32, got {self.bits}")
         if self.statistic == "spikenorm" and self.threshold_rule != "balance":
             raise ConfigError("statistic spikenorm sets thresholds, so it needs threshold_rule balance")
+        if not 0 <= self.readout_delay_fraction < 1:
+            raise ConfigError(f"readout_delay_fraction must be in [0, 1), got {self.readout_delay_fraction}")
         if self.readout_delay < 0:
             raise ConfigError(f"readout_delay must be ≥ 0, got {self.readout_delay}")
         if self.rate_calibration < 0:
