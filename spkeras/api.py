@@ -12,7 +12,7 @@ import torch
 from . import distributed
 from .data import Dataset, load_dataset
 from .errors import ConfigError
-from .evaluate import MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, run_snn, summarise
+from .evaluate import MODES, EvaluationResult, checked_images, peak_memory_mb, cnn_predictions, images_and_labels, run_snn, summarise
 from .ir import Graph
 from .methods import get_method
 from .methods.framework import convert as convert_graph
@@ -78,8 +78,12 @@ def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
              mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
              batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
-             **options) -> EvaluationResult:
-    """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``."""
+             chunk: int = 8, **options) -> EvaluationResult:
+    """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``.
+
+    ``chunk`` timesteps go through the stateless layers as one batch: memory grows with
+    batch_size × chunk, speed too up to a point.
+    """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if timesteps < 1:
@@ -99,7 +103,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
     record = run_snn(net, images[start:stop], timesteps, mode, readout, batch_size, device, seed, checkpoints,
-                     image_ids=torch.arange(start, stop))
+                     image_ids=torch.arange(start, stop), chunk=chunk)
     if size > 1:
         record = distributed.merge(record, len(dataset), size)
         cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
@@ -111,6 +115,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
         method=net.method.name, mode=mode, timesteps=timesteps, n=len(dataset), readout=readout,
         cnn_accuracy=float((cnn_pred == labels).double().mean()),
         timings={"convert_s": converted - started, "cnn_s": cnn_done - converted, "snn_s": record.seconds,
+                 "peak_memory_mb": peak_memory_mb(device), "chunk": chunk, "batch_size": batch_size,
                  "total_s": time.perf_counter() - started},
         settings=net.method.to_dict(), lambdas=net.lambdas, device=device, seed=seed,
         model=str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", type(model).__name__),

@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--readout", choices=CHOICES["readout"], help="output spike count (default) or membrane potential")
     ev.add_argument("--checkpoints", type=lambda s: [int(v) for v in s.split(",")],
                     help="count mode: comma-separated t to evaluate (default: powers of two and T)")
+    ev.add_argument("--chunk", type=_positive_int, default=8,
+                    help="timesteps per batch through the stateless layers (8): memory ∝ batch size × chunk")
     ev.add_argument("--json", help="write the full result as JSON")
     ev.add_argument("--csv", help="write accuracy and MOps per timestep as CSV")
     ev.add_argument("--plot", help="write accuracy-vs-timestep PNG (MOps plot beside it)")

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -121,17 +122,24 @@ def cnn_predictions(cnn: Graph, images: torch.Tensor, batch_size: int, device: s
     return torch.cat(out)
 
 
+def peak_memory_mb(device: str) -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def default_checkpoints(timesteps: int) -> list[int]:
     """Powers of two up to T, and T: where the closed form is evaluated by default."""
     return sorted({2 ** k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})
 
 
 def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
-            keep_neuron_counts=False, image_ids=None) -> SimulationRecord:
+            keep_neuron_counts=False, image_ids=None, chunk: int = 8) -> SimulationRecord:
     """Run the network in the chosen mode; ``image_ids`` number the images (Poisson input)."""
     if mode == "simulate":
-        return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, device=device, seed=seed,
-                        keep_neuron_counts=keep_neuron_counts, image_ids=image_ids)
+        return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, chunk=chunk, device=device,
+                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids)
     if mode == "count":
         return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
                            batch_size=batch_size, device=device, seed=seed, image_ids=image_ids)
