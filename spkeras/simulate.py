@@ -196,15 +196,19 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
     totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype) for name in layers}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
     baseline = None
+    last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
     for t0 in range(0, timesteps, chunk):
         steps = min(chunk, timesteps - t0)
         values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
-        for node in graph.nodes[1:]:
+        for position, node in enumerate(graph.nodes[1:], start=1):
             inputs = [values[i] for i in node.inputs]
             if node.op == "spike":
                 values[node.name] = _Value(neurons[node.name].run(inputs[0], steps), False)
             else:
                 values[node.name] = _linear(node, inputs, steps)
+            for name in node.inputs:  # free intermediate currents as soon as they are consumed
+                if last_use[name] == position and name not in totals:
+                    del values[name]
         fires = neurons[output].fire
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
