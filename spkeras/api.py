@@ -1,4 +1,4 @@
-"""The Python API; the CLI is a thin layer over these four functions."""
+"""The Python API (load_model, convert, evaluate); the CLI is a thin layer over it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch
 from . import distributed
 from .data import Dataset, load_dataset
 from .errors import ConfigError
-from .evaluate import MODES, EvaluationResult, checked_images, peak_memory_mb, cnn_predictions, images_and_labels, run_snn, summarise
+from .evaluate import (MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, peak_memory_mb,
+                       run_snn, summarise)
 from .ir import Graph
 from .methods import get_method
 from .methods.framework import convert as convert_graph
@@ -93,6 +94,9 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     started = time.perf_counter()
     dataset = as_dataset(data, n)
     loaded = load_model(model)
+    if isinstance(loaded, SpikingNetwork) and any(v is not None for v in options.values()):
+        raise ConfigError("method switches apply at conversion, and this network is already converted (.snn); "
+                          "convert the CNN again with them")
     net = loaded if isinstance(loaded, SpikingNetwork) else convert(
         loaded, calibration, method, timesteps, calib_n, batch_size, device, **options)
     converted = time.perf_counter()

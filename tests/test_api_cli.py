@@ -125,3 +125,10 @@ def test_vgg16_matches_reference_closed_form_and_operations():
     assert 5.0 < per_step < 8.0, f"about 6.4 MOps per timestep and image expected, got {per_step}"
     assert result.macs["nominal_mac_per_image"] == pytest.approx(313.5e6, rel=0.005)
     assert result.macs["mac_per_image"] < result.macs["nominal_mac_per_image"], "padding taps are not operations"
+
+
+def test_switches_are_refused_for_an_already_converted_network(ecc_net):
+    from spkeras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already converted"):
+        spkeras.evaluate(ecc_net, DATA, timesteps=8, n=5, tre="initial")
