@@ -219,7 +219,7 @@ class Runner:
         """The converted network; λ computed once per model and λ statistic, reused across T."""
         graph = self.graph(model)
         device = api.check_device(self.s.device)
-        if method.statistic == "spikenorm" or getattr(method, "rate_calibration", 0):
+        if method.statistic == "spikenorm" or method.rate_calibration:
             # steps after build() that simulate (Spike-Norm thresholds, rate calibration): convert in full
             return convert_graph(graph, self.calibration(graph), method, timesteps, self.s.batch_size, device)
         key = (model, method.cmb, method.spiking_pools, method.statistic, method.percentile)

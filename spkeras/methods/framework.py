@@ -55,6 +55,8 @@ def convert(
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    if calibration is None and (method.statistic == "spikenorm" or method.rate_calibration):
+        raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
     graph, spike_lambdas, reference = prepare(cnn, calibration, method, batch_size, device)
     net = build(graph, spike_lambdas, method, timesteps, reference)
     if method.statistic == "spikenorm":
@@ -68,7 +70,8 @@ def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_
             device: str = "cpu") -> tuple[Graph, dict[str, float], Graph]:
     """Steps 1–4 up to normalisation, which do not depend on T: the neuron-bearing graph, λ of
     every spike node, and the reference CNN. ``build(graph, λ, method, T, reference)`` then gives
-    the network for any T (what :func:`convert` does, except Spike-Norm's extra calibration)."""
+    the network for any T (what :func:`convert` does, except the simulation-based steps that
+    follow: Spike-Norm's thresholds and rate calibration)."""
     reference = canonicalise(cnn, use_eps=True)
     folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
     sites = spike_sites(folded, method.spiking_pools)
