@@ -231,7 +231,7 @@ class _Exporter:
         return {
             "producer": f"spkeras {__version__}", "method": method.name, "timesteps": int(self.net.timesteps),
             "encoding": method.encoding, "input": INPUTS[method.encoding], "kappa0": float(method.kappa0),
-            "readout": method.readout, "neuron_model": NEURON_MODEL,
+            "readout": method.readout, "readout_delay": int(method.readout_delay), "neuron_model": NEURON_MODEL,
             "reset": ",".join(sorted({n.attrs["reset"] for n in self.graph.nodes_of("spike")})),
             "time_step": "one NIR time unit per simulation step; edges have no delay",
         }
@@ -244,6 +244,10 @@ class _Exporter:
             f"NIR's IF node fires when v > v_threshold and resets to v_reset; these neurons fire when v >= v_threshold "
             f"and {how}, as each IF node's metadata states (reset, spike_condition): readers that ignore the metadata "
             "simulate different dynamics (see docs/nir.md)")
+        if self.net.method.readout_delay:
+            self.warnings.append(f"the output is read only from what it accumulates after step "
+                                 f"{self.net.method.readout_delay} (graph metadata 'readout_delay'); NIR graphs carry no "
+                                 "readout rule, so a reader must apply it itself")
         encoding = self.net.method.encoding
         if encoding != "analog":
             self.warnings.append(f"NIR has no input encoder: the graph's input expects {INPUTS[encoding]}, "
