@@ -1,0 +1,133 @@
+"""Peer simulators side by side with spkeras: same network, same weights, same images, same T.
+
+The network is converted once by spkeras with the 2017-SNN preset and folded pools (99.9th
+percentile weight normalisation, V_thr = 1, reset by subtraction, analog input): what the peers'
+own converters produce. Its normalised weights are copied into plain torch layers, which each
+installed peer simulates with its own integrate-and-fire neurons (at most one spike per step,
+reset by subtraction). Tools are timed interleaved over rounds; medians are reported.
+
+    pip install --no-deps sinabs spikingjelly && pip install loguru   # keeps the installed torch
+    python benchmarks/peers.py [--n 50] [--timesteps 32,64] [--rounds 3]
+
+SNN Toolbox is not driven from here yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spkeras import api
+from spkeras.evaluate import checked_images
+from spkeras.progress import set_quiet
+from spkeras.simulate import simulate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def torch_layers(net, neuron) -> nn.Sequential:
+    """The spiking graph as torch layers (chain networks), ``neuron()`` at every spike node."""
+    layers = []
+    for node in net.graph.nodes[1:]:
+        if node.op == "conv2d":
+            top, bottom, left, right = node.attrs["padding"]
+            assert top == bottom and left == right, "peers take symmetric padding only"
+            weight = node.params["weight"]
+            conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]),
+                             stride=tuple(node.attrs["stride"]), padding=(top, left))
+            conv.weight.data, conv.bias.data = weight.clone(), node.params["bias"].clone()
+            layers.append(conv)
+        elif node.op == "dense":
+            weight = node.params["weight"]
+            linear = nn.Linear(weight.shape[1], weight.shape[0])
+            linear.weight.data, linear.bias.data = weight.clone(), node.params["bias"].clone()
+            layers.append(linear)
+        elif node.op == "avgpool":
+            assert node.attrs.get("scale", 1.0) == 1.0
+            layers.append(nn.AvgPool2d(tuple(node.attrs["kernel"]), tuple(node.attrs["stride"])))
+        elif node.op == "flatten":
+            layers.append(nn.Flatten())
+        elif node.op == "spike":
+            assert node.attrs["threshold"] == 1.0 and node.attrs["reset"] == "subtract"
+            layers.append(neuron())
+        else:
+            raise ValueError(f"peers benchmark: unsupported node {node.op}")
+    return nn.Sequential(*layers).eval()
+
+
+def run_spkeras(net, images, timesteps):
+    return simulate(net, images, timesteps, batch_size=images.shape[0]).predictions[-1]
+
+
+def run_sinabs(net, images, timesteps):
+    import sinabs
+    import sinabs.activation as sa
+
+    model = sinabs.from_model(torch_layers(net, nn.ReLU), input_shape=tuple(images.shape[1:]),
+                              batch_size=images.shape[0], num_timesteps=timesteps, spike_threshold=1.0,
+                              spike_fn=sa.SingleSpike, min_v_mem=None).spiking_model
+    n = images.shape[0]
+    with torch.no_grad():
+        frames = images.unsqueeze(1).expand(n, timesteps, *images.shape[1:]).reshape(n * timesteps, *images.shape[1:])
+        out = model(frames).reshape(n, timesteps, -1)
+    return out.sum(1).argmax(1)
+
+
+def run_spikingjelly(net, images, timesteps):
+    from spikingjelly.activation_based import functional, neuron
+
+    model = torch_layers(net, lambda: neuron.IFNode(v_threshold=1.0, v_reset=None))  # v_reset None: subtract
+    counts = 0
+    with torch.no_grad():
+        for _ in range(timesteps):
+            counts = counts + model(images)
+    functional.reset_net(model)
+    return counts.argmax(1)
+
+
+PEERS = {"spkeras": (None, run_spkeras), "sinabs": ("sinabs", run_sinabs),
+         "spikingjelly-single-step": ("spikingjelly", run_spikingjelly)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(SHARED / "models" / "vgg16_cifar10.keras"))
+    parser.add_argument("--data", default=str(SHARED / "data" / "cifar10_test.npz"))
+    parser.add_argument("--calib", default=str(SHARED / "data" / "cifar10_train_10k.npz"))
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--timesteps", default="32,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    set_quiet(True)
+    tools = {k: v for k, v in PEERS.items() if v[0] is None or importlib.util.find_spec(v[0])}
+    dataset = api.as_dataset(args.data, args.n)
+    labels = torch.from_numpy(dataset.y)
+    for timesteps in [int(t) for t in args.timesteps.split(",")]:
+        net = api.convert(args.model, args.calib, method="rueckauer2017", timesteps=timesteps, calib_n=500,
+                          spiking_pools=False)
+        images = checked_images(dataset, net.cnn)
+        times = {name: [] for name in tools}
+        predictions = {}
+        for _ in range(args.rounds):
+            for name, (_, run) in tools.items():
+                start = time.perf_counter()
+                predictions[name] = run(net, images, timesteps)
+                times[name].append(time.perf_counter() - start)
+        for name in tools:
+            print(json.dumps({
+                "tool": name, "T": timesteps, "images": args.n, "wall_s": round(statistics.median(times[name]), 3),
+                "accuracy": float((predictions[name] == labels).double().mean()),
+                "agreement_with_spkeras": float((predictions[name] == predictions["spkeras"]).double().mean()),
+                "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
