@@ -89,6 +89,8 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if timesteps < 1:
         raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    if checkpoints and not all(1 <= t <= timesteps for t in checkpoints):
+        raise ConfigError(f"checkpoints must lie in 1..{timesteps} (the run length), got {checkpoints}")
     device = check_device(device)
     torch.manual_seed(seed)
     started = time.perf_counter()

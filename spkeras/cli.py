@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=("simulate", "count"), default="simulate",
                     help="simulate: time-stepped IF dynamics; count: the closed-form spike-count estimate")
     ev.add_argument("--readout", choices=CHOICES["readout"], help="output spike count (default) or membrane potential")
-    ev.add_argument("--checkpoints", type=lambda s: [int(v) for v in s.split(",")],
+    ev.add_argument("--checkpoints", type=_int_list,
                     help="count mode: comma-separated t to evaluate (default: powers of two and T)")
     ev.add_argument("--chunk", type=_positive_int, default=8,
                     help="timesteps per batch through the stateless layers (8): memory ∝ batch size × chunk")

@@ -14,7 +14,7 @@ import torch
 
 from .encoding import make_encoder
 from .ir import Node
-from .metrics import fan_out, source_layers
+from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear, run_graph
 from .progress import progress_bar
 from .simulate import SimulationRecord
@@ -44,7 +44,7 @@ def closed_form(
     started = time.perf_counter()
     readout = readout or net.method.readout
     graph = net.to(device).graph
-    fanouts = {k: v.to(device).flatten() for k, v in fan_out(net.graph).items()}
+    fanouts = flat_fan_outs(net.graph, device)
     layers = source_layers(graph)
     steps = sorted(set(checkpoints))
     n = images.shape[0]

@@ -146,9 +146,8 @@ def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, d
     raise ConfigError(f"mode must be simulate or count, got {mode!r}")
 
 
-def layer_table(net: SpikingNetwork, record: SimulationRecord, n: int) -> list[dict]:
+def layer_table(net: SpikingNetwork, record: SimulationRecord, n: int, fanouts: dict[str, torch.Tensor]) -> list[dict]:
     """Spikes per layer at the final step: per image, per neuron, rate, synops per image."""
-    fanouts = fan_out(net.graph)
     rows = []
     steps = record.steps[-1]
     for index, name in enumerate(record.layers):
@@ -179,7 +178,8 @@ def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tenso
         agreement[t - 1] = float((record.predictions[row] == cnn_pred).double().mean())
         mops[t - 1] = float(record.synops[row].sum()) / n / 1e6
     synops_final = float(record.synops[-1].sum()) / n
-    analog_synapses = float(fan_out(net.graph)[net.graph.input.name].sum()) if net.method.encoding == "analog" else 0.0
+    fanouts = fan_out(net.graph)
+    analog_synapses = float(fanouts[net.graph.input.name].sum()) if net.method.encoding == "analog" else 0.0
     input_macs = analog_synapses * timesteps
     ops = cnn_operations(net.cnn)
     ac_pj, mac_pj = energy
@@ -187,7 +187,7 @@ def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tenso
     cnn_energy = energy_pj(0.0, ops.macs, ac_pj, mac_pj)
     return {
         "snn_accuracy": accuracy, "agreement": agreement, "evaluated_timesteps": list(record.steps),
-        "spikes_per_layer": layer_table(net, record, n),
+        "spikes_per_layer": layer_table(net, record, n, fanouts),
         "synops": {"per_image": synops_final, "mops_per_image": mops,
                    "mops_per_image_per_timestep": synops_final / timesteps / 1e6},
         "input_macs": {"per_image": input_macs, "mops_per_image": input_macs / 1e6,

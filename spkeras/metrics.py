@@ -50,9 +50,10 @@ def fan_out(graph: Graph) -> dict[str, torch.Tensor]:
 
 
 def _fan_out(graph: Graph) -> dict[str, torch.Tensor]:
+    sources = set(source_layers(graph))
     leaves, values, targets = {}, {}, []
     for node in graph.nodes:
-        if node.name in source_layers(graph):
+        if node.name in sources:
             leaves[node.name] = torch.ones((1, *node.shape), dtype=torch.float64, requires_grad=True)
             values[node.name] = leaves[node.name]
             if node.op == "spike":
@@ -65,6 +66,11 @@ def _fan_out(graph: Graph) -> dict[str, torch.Tensor]:
         name: (g[0].detach().round() if g is not None else torch.zeros(graph.node(name).shape, dtype=torch.float64))
         for name, g in zip(leaves, grads)
     }
+
+
+def flat_fan_outs(graph: Graph, device) -> dict[str, torch.Tensor]:
+    """:func:`fan_out` of every source layer, flattened per neuron, on ``device`` (for Eq. 14)."""
+    return {k: v.to(device).flatten() for k, v in fan_out(graph).items()}
 
 
 def fan_in(node: Node, input_shape: tuple[int, ...]) -> torch.Tensor:

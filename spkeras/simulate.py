@@ -15,7 +15,7 @@ import torch
 
 from .encoding import make_encoder
 from .ir import Graph, Node
-from .metrics import fan_out, source_layers
+from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear
 from .progress import progress_bar
 from .snn import SpikingNetwork
@@ -157,7 +157,7 @@ def simulate(
     keep_freed_memory()
     readout = readout or net.method.readout
     graph = net.to(device).graph
-    fanouts = {k: v.to(device).flatten() for k, v in fan_out(net.graph).items()}
+    fanouts = flat_fan_outs(net.graph, device)
     layers = source_layers(graph)
     n = images.shape[0]
     ids = torch.arange(n) if image_ids is None else image_ids

@@ -132,3 +132,10 @@ def test_switches_are_refused_for_an_already_converted_network(ecc_net):
 
     with pytest.raises(ConfigError, match="already converted"):
         spkeras.evaluate(ecc_net, DATA, timesteps=8, n=5, tre="initial")
+
+
+def test_checkpoints_beyond_the_run_are_refused(ecc_net):
+    from spkeras.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoints"):
+        spkeras.evaluate(ecc_net, DATA, timesteps=8, n=5, mode="count", checkpoints=[4, 16])
