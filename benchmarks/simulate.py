@@ -4,7 +4,7 @@ R = time(SNN simulation, T steps) / (T × time(CNN forward on the same images)),
 here, on the same device, interleaved over rounds (medians), so machine noise hits both alike.
 Run it on a quiet machine: under load torch slows several-fold.
 
-    python benchmarks/simulate.py [--device cuda] [--rounds 3] [--vgg PATH] [--n 50]
+    python benchmarks/simulate.py [--device cuda] [--rounds 3] [--vgg PATH] [--n 50] [--batch B]
 """
 
 from __future__ import annotations
@@ -77,16 +77,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=50, help="images for VGG-16")
     parser.add_argument("--vgg", default=str(SHARED / "models" / "vgg16_cifar10.keras"))
+    parser.add_argument("--data", default=str(SHARED / "data" / "cifar10_test.npz"), help="CIFAR-10 test images")
+    parser.add_argument("--calib", default=str(SHARED / "data" / "cifar10_train_10k.npz"), help="calibration images")
+    parser.add_argument("--batch", type=int, default=None, help="images per batch for VGG-16 (default: all n)")
     parser.add_argument("--quick", action="store_true", help="demo network only")
     args = parser.parse_args()
     set_quiet(True)
     demo = (asset("mnist_cnn.keras"), asset("mnist_test.npz"), asset("mnist_calib.npz"))
     configs = [("demo-mnist", *demo, "ecc", 64, 500, 500)]
     if not args.quick:
-        cifar = (args.vgg, str(SHARED / "data" / "cifar10_test.npz"), str(SHARED / "data" / "cifar10_train_10k.npz"))
+        cifar = (args.vgg, args.data, args.calib)
         for method in ("ecc", "rueckauer2017"):
             for t in (64, 256):
-                configs.append(("vgg16-cifar10", *cifar, method, t, args.n, args.n))
+                configs.append(("vgg16-cifar10", *cifar, method, t, args.n, args.batch or args.n))
     for config in configs:
         print(json.dumps(bench(*config, device=args.device, rounds=args.rounds)), flush=True)
 

@@ -55,6 +55,9 @@ def check_device(device: str) -> str:
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if not (device == "cpu" or device.startswith("cuda")):
         raise ConfigError(f"device must be cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):  # exact float32 as on the CPU: no TF32 in convolutions or products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return device
 
 

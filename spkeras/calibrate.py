@@ -71,6 +71,7 @@ def calibrate(
         if node.name in stats:
             stats[node.name].update(value)
 
+    graph = graph.to(device)
     with torch.no_grad():
         for start in progress_bar(range(0, count, batch_size), desc="calibrating λ", unit="batch"):
             run_graph(graph, images[start : start + batch_size].to(device), observe=observe)

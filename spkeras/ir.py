@@ -79,6 +79,15 @@ class Graph:
         """A new graph with these nodes (params shared, not copied)."""
         return Graph(nodes=nodes, output=output or self.output, name=self.name)
 
+    def to(self, device) -> "Graph":
+        """A copy with every tensor on ``device`` (the graph itself when they are there already)."""
+        nodes = [
+            Node(n.name, n.op, list(n.inputs), {k: v.to(device) for k, v in n.params.items()}, dict(n.attrs),
+                 n.shape, n.source)
+            for n in self.nodes
+        ]
+        return Graph(nodes=nodes, output=self.output, name=self.name)
+
     def clone(self) -> "Graph":
         """A deep copy whose tensors can be modified freely."""
         return copy.deepcopy(self)

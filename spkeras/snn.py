@@ -45,17 +45,10 @@ class SpikingNetwork:
     def to(self, device: str) -> "SpikingNetwork":
         """A copy with every tensor on ``device``."""
         return SpikingNetwork(
-            graph=_graph_to(self.graph, device), method=self.method, timesteps=self.timesteps,
-            lambdas=dict(self.lambdas), cnn=_graph_to(self.cnn, device),
+            graph=self.graph.to(device), method=self.method, timesteps=self.timesteps,
+            lambdas=dict(self.lambdas), cnn=self.cnn.to(device),
         )
 
-
-def _graph_to(graph: Graph, device: str) -> Graph:
-    nodes = [
-        Node(n.name, n.op, list(n.inputs), {k: v.to(device) for k, v in n.params.items()}, dict(n.attrs), n.shape, n.source)
-        for n in graph.nodes
-    ]
-    return Graph(nodes=nodes, output=graph.output, name=graph.name)
 
 
 def _graph_structure(graph: Graph) -> dict:
