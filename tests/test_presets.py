@@ -365,7 +365,7 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     timesteps = 16
     plain = convert(cnn, calib, get_method("ecc+", rate_calibration=0), timesteps)
     tuned = convert(cnn, calib, get_method("ecc+"), timesteps)
-    assert tuned.method.readout_delay == timesteps // 4
+    assert tuned.method.readout_delay == int(timesteps * 3 / 8)
     images = calib[: tuned.method.rate_calibration_images]
     targets = rate_model_means(plain, images)
 

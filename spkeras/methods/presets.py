@@ -68,7 +68,7 @@ CAO2015 = Method(
 # ECC tuned for time-stepped simulation at low T (docs/low-latency.md): the same CN, CMB and λ,
 # with TRE given at once as V(0) = η·V_thr, average pools folded into the next layer's synapses
 # (no spiking neurons after them), the output read from its membrane potential accumulated after
-# the first quarter of the steps, and one round of per-channel bias correction towards the rate
+# the first 3/8 of the steps, and one round of per-channel bias correction towards the rate
 # model on 128 calibration images.
 ECC_PLUS = ECC.with_options(
     name="ecc+",
@@ -76,7 +76,7 @@ ECC_PLUS = ECC.with_options(
     tre="initial",
     spiking_pools=False,
     readout="potential",
-    readout_delay_fraction=0.25,
+    readout_delay_fraction=0.375,
     rate_calibration=1,
     rate_calibration_images=128,
 )
