@@ -8,6 +8,7 @@ analog input and the layers it feeds before the first neuron) is computed once p
 from __future__ import annotations
 
 import ctypes
+from collections import Counter
 import time
 from dataclasses import dataclass
 
@@ -60,15 +61,17 @@ class _Value:
         return self.tensor
 
 
-def _linear(node: Node, inputs: list[_Value], steps: int) -> _Value:
+def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = True) -> _Value:
     """Apply a stateless layer to all steps of the chunk at once (or once, if constant).
 
     A layer whose input is silent for the whole chunk (deep layers in the first steps) outputs
-    its bias at every step: that is computed once, exactly as the full layer would.
+    its bias at every step: that is computed once, exactly as the full layer would. The check
+    is skipped (``may_be_silent=False``) once the input has been active in the batch: a silent
+    chunk then goes through the full layer, which gives the same values.
     """
     if all(v.constant for v in inputs):
         return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
-    if len(inputs) == 1 and not inputs[0].tensor.any():
+    if len(inputs) == 1 and may_be_silent and not inputs[0].tensor.any():
         silent = inputs[0].tensor[0, :1]
         out = apply_linear(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
@@ -90,8 +93,9 @@ class _Neurons:
         self.max_current = None
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 
-    def run(self, current: _Value, steps: int) -> torch.Tensor:
+    def run(self, current: _Value, steps: int, owned: bool = False) -> torch.Tensor:
         """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
+        ``owned``: the current is used by nothing else and may be modified in place.
 
         Each step is V ← V + (Z(t) + b_TRE), the TRE bias being part of the input current
         (Eq. 9, added to Z before Z is added to V); Θ = [V ≥ V_thr] (Eq. 4); then
@@ -101,7 +105,7 @@ class _Neurons:
         if self.max_current is not None:
             self.max_current = max(self.max_current, float(drive.max()))
         if self.step_current:
-            drive = drive + self.step_current
+            drive = drive.add_(self.step_current) if owned and not current.constant else drive + self.step_current
         if self.buffer is None or self.buffer.shape[0] < steps:
             self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         out = self.buffer[:steps]
@@ -170,7 +174,7 @@ def simulate(
     for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
         batch = images[start : start + batch_size].to(device)
         result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
-                                 fanouts, layers, spikes, synops, probe)
+                                 fanouts, layers, spikes, synops, probe, kept)
         largest = max(largest, result[2])
         predictions[:, start : start + batch.shape[0]] = result[0].cpu()
         if counts is not None:
@@ -183,8 +187,9 @@ def simulate(
 
 
 def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops,
-                    probe=None):
-    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions."""
+                    probe=None, kept=()):
+    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions
+    and the per-neuron totals of the ``kept`` layers and the output."""
     encoder = make_encoder(batch, net.method, ids, seed)
     b = batch.shape[0]
     output = graph.output
@@ -193,21 +198,27 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
                for n in graph.nodes_of("spike")}
     if probe:
         neurons[probe].max_current = float("-inf")
-    totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype) for name in layers}
+    totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype)
+              for name in layers if name in kept or name == output}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
     baseline = None
     last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
+    consumers = Counter(name for node in graph.nodes for name in node.inputs)
+    active = set()  # values that have been non-silent in this batch
     for t0 in range(0, timesteps, chunk):
         steps = min(chunk, timesteps - t0)
         values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
         for position, node in enumerate(graph.nodes[1:], start=1):
             inputs = [values[i] for i in node.inputs]
             if node.op == "spike":
-                values[node.name] = _Value(neurons[node.name].run(inputs[0], steps), False)
+                owned = consumers[node.inputs[0]] == 1 and node.inputs[0] not in layers
+                values[node.name] = _Value(neurons[node.name].run(inputs[0], steps, owned), False)
             else:
-                values[node.name] = _linear(node, inputs, steps)
+                values[node.name] = _linear(node, inputs, steps, may_be_silent=node.inputs[0] not in active)
+                if not values[node.name].constant:
+                    active.update(node.inputs)
             for name in node.inputs:  # free intermediate currents as soon as they are consumed
-                if last_use[name] == position and name not in totals:
+                if last_use[name] == position and name not in layers:
                     del values[name]
         fires = neurons[output].fire
         out = values[output].tensor
@@ -243,7 +254,8 @@ def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps):
         if name in skip:
             continue
         per_step = values[name].per_step(steps)
-        totals[name] += per_step.sum(0)
+        if name in totals:
+            totals[name] += per_step.sum(0)
         summed = per_step.sum(1).flatten(1).double()      # (steps, neurons): exact counts
         spikes[t0 : t0 + steps, index] += summed.sum(1).cpu()
         synops[t0 : t0 + steps, index] += (summed @ fanouts[name].double()).cpu()
