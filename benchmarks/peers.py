@@ -10,9 +10,9 @@ reset by subtraction). Tools are timed interleaved over rounds; medians are repo
     python benchmarks/peers.py [--n 50] [--timesteps 32,64] [--rounds 3]
 
 A peer whose predictions agree with spkeras on fewer than 90 % of the images is marked
-``"valid": false``: same network and dynamics should agree, so its setup is suspect (the sinabs
-harness currently is: its IAFSqueeze layers fire more than the reference dynamics). SNN Toolbox
-is not driven from here yet.
+``"valid": false``: same network and dynamics should agree, so its setup is suspect. (sinabs'
+``from_model`` runs a forward pass to infer shapes that leaves charge in every membrane; the
+harness resets the states before simulating.) SNN Toolbox is not driven from here yet.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def run_sinabs(net, images, timesteps):
     model = sinabs.from_model(torch_layers(net, nn.ReLU), input_shape=tuple(images.shape[1:]),
                               batch_size=images.shape[0], num_timesteps=timesteps, spike_threshold=1.0,
                               spike_fn=sa.SingleSpike, min_v_mem=None).spiking_model
+    sinabs.reset_states(model)  # from_model's shape-probing pass leaves charge in the membranes
     n = images.shape[0]
     with torch.no_grad():
         frames = images.unsqueeze(1).expand(n, timesteps, *images.shape[1:]).reshape(n * timesteps, *images.shape[1:])
