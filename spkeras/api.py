@@ -82,11 +82,12 @@ def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
              mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
              batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
-             chunk: int = 8, **options) -> EvaluationResult:
+             chunk: int = 8, early_exit: int | None = None, **options) -> EvaluationResult:
     """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``.
 
     ``chunk`` timesteps go through the stateless layers as one batch: memory grows with
-    batch_size × chunk, speed too up to a point.
+    batch_size × chunk, speed too up to a point. ``early_exit=K`` stops each image once its
+    prediction has been the same for K steps (a different readout, labelled in the result).
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -112,12 +113,17 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
     record = run_snn(net, images[start:stop], timesteps, mode, readout, batch_size, device, seed, checkpoints,
-                     image_ids=torch.arange(start, stop), chunk=chunk)
+                     image_ids=torch.arange(start, stop), chunk=chunk, early_exit=early_exit)
     if size > 1:
         record = distributed.merge(record, len(dataset), size)
         cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
     fields = summarise(net, record, labels, cnn_pred, timesteps, readout)
     notes = []
+    if early_exit is not None:
+        fields["early_exit"]["stable_steps"] = early_exit
+        notes.append(f"early exit: each image stopped once its prediction was stable for {early_exit} steps "
+                     f"(mean stop at step {fields['early_exit']['mean_exit_step']:.1f} of {timesteps}); "
+                     "accuracy and operations are those of this readout")
     if net.method.tre == "spread" and timesteps != net.timesteps:
         notes.append(f"spread TRE was set for T={net.timesteps}; the run lasted {timesteps} steps")
     return EvaluationResult(

@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="count mode: comma-separated t to evaluate (default: powers of two and T)")
     ev.add_argument("--chunk", type=_positive_int, default=8,
                     help="timesteps per batch through the stateless layers (8): memory ∝ batch size × chunk")
+    ev.add_argument("--early-exit", type=_positive_int, metavar="K",
+                    help="stop each image once its prediction has been the same for K steps: a different "
+                         "readout, reported with the mean stop step and the work saved")
     ev.add_argument("--json", help="write the full result as JSON")
     ev.add_argument("--csv", help="write accuracy and MOps per timestep as CSV")
     ev.add_argument("--plot", help="write accuracy-vs-timestep PNG (MOps plot beside it)")

@@ -84,7 +84,7 @@ def run_evaluate(args) -> int:
     model = model_argument(args)
     result = api.evaluate(model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
                           args.readout, args.device, args.seed, args.batch_size, args.calib_n, args.checkpoints,
-                          args.chunk, **method_overrides(args))
+                          args.chunk, args.early_exit, **method_overrides(args))
     if model is not args.model:
         result.model = str(args.model)
     if distributed.world(args.device)[0] != 0:

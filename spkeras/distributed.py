@@ -61,4 +61,5 @@ def merge(record: SimulationRecord, n: int, size: int) -> SimulationRecord:
     return dataclasses.replace(
         record, predictions=gather_rows(record.predictions, n, size), spikes=summed(record.spikes),
         synops=summed(record.synops), neuron_counts=None, seconds=float(seconds),
+        exit_steps=gather_rows(record.exit_steps, n, size) if record.exit_steps is not None else None,
     )

@@ -72,6 +72,12 @@ class Encoder:
         self.potential -= spikes * kappa0
         return spikes
 
+    def keep(self, keep: torch.Tensor) -> None:
+        """Continue with only the images where ``keep`` is True (early exit)."""
+        self.images = self.images[keep]
+        self.potential = self.potential[keep]
+        self.image_ids = self.image_ids[keep.to(self.image_ids.device)]
+
     def counts(self, steps: int) -> torch.Tensor:
         """Total input over the first ``steps`` steps (spike counts, or t·x for analog)."""
         total = torch.zeros_like(self.images)

@@ -64,6 +64,7 @@ class EvaluationResult:
     spkeras_version: str = __version__
     notes: list[str] = field(default_factory=list)
     processes: int = 1
+    early_exit: dict | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,11 +136,13 @@ def default_checkpoints(timesteps: int) -> list[int]:
 
 
 def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
-            keep_neuron_counts=False, image_ids=None, chunk: int = 8) -> SimulationRecord:
+            keep_neuron_counts=False, image_ids=None, chunk: int = 8, early_exit: int | None = None) -> SimulationRecord:
     """Run the network in the chosen mode; ``image_ids`` number the images (Poisson input)."""
+    if early_exit is not None and mode != "simulate":
+        raise ConfigError("early exit is a readout of the time-stepped simulation; use --mode simulate")
     if mode == "simulate":
         return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, chunk=chunk, device=device,
-                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids)
+                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids, early_exit=early_exit)
     if mode == "count":
         return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
                            batch_size=batch_size, device=device, seed=seed, image_ids=image_ids)
@@ -180,7 +183,8 @@ def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tenso
     synops_final = float(record.synops[-1].sum()) / n
     fanouts = fan_out(net.graph)
     analog_synapses = float(fanouts[net.graph.input.name].sum()) if net.method.encoding == "analog" else 0.0
-    input_macs = analog_synapses * timesteps
+    steps_run = float(record.exit_steps.double().mean()) if record.exit_steps is not None else timesteps
+    input_macs = analog_synapses * steps_run
     ops = cnn_operations(net.cnn)
     ac_pj, mac_pj = energy
     snn_energy = energy_pj(synops_final, input_macs, ac_pj, mac_pj)
@@ -198,4 +202,16 @@ def summarise(net: SpikingNetwork, record: SimulationRecord, labels: torch.Tenso
         "energy_pj": {"snn_per_image": snn_energy, "cnn_per_image": cnn_energy,
                       "snn_over_cnn": snn_energy / cnn_energy if cnn_energy else None,
                       "ac_pj": ac_pj, "mac_pj": mac_pj},
+        "early_exit": early_exit_summary(record, timesteps),
     }
+
+
+def early_exit_summary(record: SimulationRecord, timesteps: int) -> dict | None:
+    """How early images stopped (None without early exit)."""
+    if record.exit_steps is None:
+        return None
+    exits = record.exit_steps.double()
+    return {"mean_exit_step": float(exits.mean()), "stopped_before_t": float((exits < timesteps).double().mean()),
+            "image_steps_saved": 1.0 - float(exits.mean()) / timesteps,
+            "note": "a different readout: each image stops once its prediction has been stable for "
+                    "the given number of steps; later predictions repeat it, operations stop there"}

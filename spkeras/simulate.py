@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .encoding import make_encoder
+from .errors import ConfigError
 from .ir import Graph, Node
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear
@@ -34,6 +35,7 @@ class SimulationRecord:
     ``neuron_counts``: per-neuron spike counts after the last step, (N, *shape) per layer.
     ``mode``: ``simulate`` (time-stepped) or ``count`` (closed form).
     ``max_current``: the largest input current of the probed spike node in any step.
+    ``exit_steps``: with early exit, the step after which each image stopped (T if it never did).
     """
 
     mode: str
@@ -45,6 +47,7 @@ class SimulationRecord:
     neuron_counts: dict[str, torch.Tensor] | None
     seconds: float
     max_current: dict[str, float] | None = None
+    exit_steps: torch.Tensor | None = None
 
 
 class _Value:
@@ -148,6 +151,7 @@ def simulate(
     image_ids: torch.Tensor | None = None,
     keep_neuron_counts: bool | list[str] = False,
     probe: str | None = None,
+    early_exit: int | None = None,
 ) -> SimulationRecord:
     """Simulate ``timesteps`` steps on channels-first images in [0, 1].
 
@@ -156,7 +160,12 @@ def simulate(
     membrane potential. ``image_ids`` index images for reproducible Poisson input (default
     0..N-1). ``keep_neuron_counts``: True, or the layers whose per-neuron counts to keep.
     ``probe`` names a spike node whose largest input current is recorded.
+    ``early_exit=K`` stops each image once its prediction has been the same for K consecutive
+    steps: later predictions repeat the one it stopped with, and its spikes and operations are
+    counted only up to that step (a different readout from the full run).
     """
+    if early_exit is not None and (early_exit < 1 or keep_neuron_counts or probe):
+        raise ConfigError("early exit needs K ≥ 1 and cannot keep per-neuron counts or probe currents")
     started = time.perf_counter()
     keep_freed_memory()
     readout = readout or net.method.readout
@@ -170,12 +179,15 @@ def simulate(
     synops = torch.zeros_like(spikes)
     kept = layers if keep_neuron_counts is True else list(keep_neuron_counts or [])
     counts = {name: [] for name in kept} if kept else None
+    exit_steps = torch.full((n,), timesteps, dtype=torch.int64) if early_exit else None
     largest = float("-inf")
     for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
         batch = images[start : start + batch_size].to(device)
         result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
-                                 fanouts, layers, spikes, synops, probe, kept)
+                                 fanouts, layers, spikes, synops, probe, kept, early_exit)
         largest = max(largest, result[2])
+        if exit_steps is not None:
+            exit_steps[start : start + batch.shape[0]] = result[3].cpu()
         predictions[:, start : start + batch.shape[0]] = result[0].cpu()
         if counts is not None:
             for name in counts:
@@ -183,13 +195,15 @@ def simulate(
     neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
     return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
                             synops.cumsum(0), neuron_counts, time.perf_counter() - started,
-                            {probe: largest} if probe else None)
+                            {probe: largest} if probe else None, exit_steps)
 
 
 def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops,
-                    probe=None, kept=()):
-    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions
-    and the per-neuron totals of the ``kept`` layers and the output."""
+                    probe=None, kept=(), early_exit=None):
+    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions,
+    the per-neuron totals of the ``kept`` layers and the output, the probe's largest current and
+    (with early exit) each image's exit step. Images that exit leave the batch at the end of
+    the chunk."""
     encoder = make_encoder(batch, net.method, ids, seed)
     b = batch.shape[0]
     output = graph.output
@@ -205,7 +219,11 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
     last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
     consumers = Counter(name for node in graph.nodes for name in node.inputs)
     active = set()  # values that have been non-silent in this batch
+    running = torch.arange(b, device=batch.device)  # batch positions still simulated
+    stopper = _EarlyExit(early_exit, b, timesteps, batch.device) if early_exit else None
     for t0 in range(0, timesteps, chunk):
+        if running.numel() == 0:
+            break
         steps = min(chunk, timesteps - t0)
         values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
         for position, node in enumerate(graph.nodes[1:], start=1):
@@ -224,12 +242,75 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
         scores, baseline = _delayed(scores, baseline, t0, net.method.readout_delay)
-        predictions[t0 : t0 + steps] = scores.flatten(2).argmax(dim=-1)
+        flat_scores = scores.flatten(2)
+        chunk_predictions = flat_scores.argmax(dim=-1)
+        alive = stopper.scan(chunk_predictions, flat_scores.amax(-1) > flat_scores.amin(-1), t0) if stopper else None
+        if stopper:
+            chunk_predictions = torch.where(alive, chunk_predictions, stopper.frozen)
+        predictions[t0 : t0 + steps, running] = chunk_predictions
         skip = {graph.input.name} if encoder.constant else set()
         if not fires:
             skip.add(output)
-        _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps)
-    return predictions, totals, neurons[probe].max_current if probe else float("-inf")
+        _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps, alive)
+        if stopper and stopper.stopped.any():
+            keep = ~stopper.stopped
+            predictions[t0 + steps :, running[stopper.stopped]] = stopper.frozen[stopper.stopped]
+            stopper.record(running)
+            running = running[keep]
+            baseline = _keep_rows(keep, neurons, encoder, totals, baseline, stopper)
+    exits = stopper.exit_steps if stopper else None
+    return predictions, totals, neurons[probe].max_current if probe else float("-inf"), exits
+
+
+class _EarlyExit:
+    """Early exit: an image stops once its prediction has been the same for ``k`` steps in a row,
+    counting only steps at which the output separates the classes (not every score equal, as
+    before the first output spike)."""
+
+    def __init__(self, k: int, batch: int, timesteps: int, device):
+        self.k = k
+        self.last = torch.full((batch,), -1, dtype=torch.int64, device=device)
+        self.streak = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.frozen = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.exit_at = torch.zeros(batch, dtype=torch.int64, device=device)   # 0: still running
+        self.exit_steps = torch.full((batch,), timesteps, dtype=torch.int64, device=device)  # by batch position
+        self.stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def scan(self, predictions: torch.Tensor, decided: torch.Tensor, t0: int) -> torch.Tensor:
+        """Walk this chunk's predictions (steps, running images) and whether the output separated
+        the classes; returns which images were still running at each step (an image runs the
+        step at which it exits)."""
+        alive = torch.empty_like(predictions, dtype=torch.bool)
+        for s in range(predictions.shape[0]):
+            alive[s] = self.exit_at == 0
+            streak = torch.where(predictions[s] == self.last, self.streak + 1, torch.ones_like(self.streak))
+            self.streak = torch.where(decided[s], streak, torch.zeros_like(streak))
+            self.last = torch.where(decided[s], predictions[s], torch.full_like(self.last, -1))
+            newly = alive[s] & (self.streak >= self.k)
+            self.exit_at[newly] = t0 + s + 1
+            self.frozen[newly] = predictions[s][newly]
+        self.stopped = self.exit_at > 0
+        return alive
+
+    def record(self, running: torch.Tensor) -> None:
+        self.exit_steps[running[self.stopped]] = self.exit_at[self.stopped]
+
+    def keep(self, keep: torch.Tensor) -> None:
+        for name in ("last", "streak", "frozen", "exit_at"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.stopped = self.stopped[keep]
+
+
+def _keep_rows(keep, neurons, encoder, totals, baseline, stopper):
+    """Drop stopped images from every per-image state; returns the delayed readout's baseline."""
+    for layer in neurons.values():
+        layer.v = layer.v[keep]
+        layer.buffer = None
+    encoder.keep(keep)
+    for name in totals:
+        totals[name] = totals[name][keep]
+    stopper.keep(keep)
+    return baseline[keep] if baseline is not None else None
 
 
 def _delayed(scores: torch.Tensor, baseline, t0: int, delay: int):
@@ -248,12 +329,15 @@ def _delayed(scores: torch.Tensor, baseline, t0: int, delay: int):
     return torch.where(later.view(shape), scores - baseline, scores), baseline
 
 
-def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps):
-    """Add this chunk's spikes, per-neuron totals and Eq. 14 synaptic operations."""
+def _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps, alive=None):
+    """Add this chunk's spikes, per-neuron totals and Eq. 14 synaptic operations (of the images
+    still running at each step, with early exit)."""
     for index, name in enumerate(layers):
         if name in skip:
             continue
         per_step = values[name].per_step(steps)
+        if alive is not None:
+            per_step = per_step * alive.view(*alive.shape, *[1] * (per_step.dim() - 2)).to(per_step.dtype)
         if name in totals:
             totals[name] += per_step.sum(0)
         summed = per_step.sum(1).flatten(1).double()      # (steps, neurons): exact counts

@@ -62,9 +62,10 @@ def naive_linear(node: Node, inputs: list[torch.Tensor]) -> torch.Tensor:
     raise AssertionError(f"unexpected op {node.op}")
 
 
-def reference(net, images, timesteps, readout=None, seed=0, image_ids=None):
+def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scores=None):
     """Naive simulation: returns predictions (T, N), per-step layer spike totals (T, L), per-neuron
-    counts {layer: (N, *shape)}, and per spike node the (min, max) one-step charge Z + step current."""
+    counts {layer: (N, *shape)}, and per spike node the (min, max) one-step charge Z + step current.
+    A ``scores`` dict, if given, receives each (step, image)'s output scores."""
     method = net.method
     readout = readout or method.readout
     graph = net.graph
@@ -130,6 +131,8 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None):
             if method.readout_delay and t > method.readout_delay:
                 score = score - baseline                                 # read only what came after the delay
             predictions[t - 1, i] = first_argmax(score)
+            if scores is not None:
+                scores[t - 1, i] = score.clone()
     return predictions, per_step, counts, charge
 
 
@@ -455,3 +458,61 @@ def test_delayed_readout_matches_reference(readout):
     delayed, undelayed = simulate(net, images, T).predictions, simulate(plain, images, T).predictions
     assert torch.equal(delayed[:7], undelayed[:7])
     assert not torch.equal(delayed, undelayed), "the delay changed no prediction: the test is weak"
+
+
+# ------------------------------------------------------------------ early exit
+
+def first_stable_step(predictions: torch.Tensor, scores: dict, k: int) -> torch.Tensor:
+    """Per image, the first t (1-based) after which the last k predictions agree, each made with
+    the output separating the classes (not all scores equal); T if never."""
+    steps, n = predictions.shape
+    exits = torch.full((n,), steps, dtype=torch.int64)
+    for i in range(n):
+        for t in range(k, steps + 1):
+            window = range(t - k, t)
+            decided = all(bool(scores[s, i].max() > scores[s, i].min()) for s in window)
+            if decided and all(int(predictions[s, i]) == int(predictions[t - 1, i]) for s in window):
+                exits[i] = t
+                break
+    return exits
+
+
+EARLY_EXIT_CONFIGS = [
+    ("chain", "ecc", {}),
+    ("residual", "rueckauer2017", {}),
+    ("chain", "ecc", {"encoding": "poisson", "readout": "potential", "readout_delay": 4}),
+]
+
+
+@pytest.mark.parametrize("kind,preset,options", EARLY_EXIT_CONFIGS)
+def test_early_exit_is_the_full_run_cut_at_each_images_stable_step(kind, preset, options):
+    net, images = converted(kind, preset, **options)
+    k = 3
+    scores = {}
+    full_predictions, _, _, _ = reference(net, images, T, scores=scores)
+    exits = first_stable_step(full_predictions, scores, k)
+    assert bool((exits < T).any()), "no image stopped early: the test is weak"
+    expected_predictions = full_predictions.clone()
+    expected_spikes, expected_synops = 0, 0
+    for i, e in enumerate(exits.tolist()):
+        expected_predictions[e:, i] = full_predictions[e - 1, i]
+        _, per_step, _, _ = reference(net, images[i : i + 1], T, image_ids=torch.tensor([i]))
+        expected_spikes = expected_spikes + per_step[:e].sum(0)
+        alone = simulate(net, images[i : i + 1], T, image_ids=torch.tensor([i]))
+        expected_synops = expected_synops + alone.synops[e - 1]
+    full = simulate(net, images, T)
+    for chunk, batch in [(1, 6), (3, 4), (8, 5), (50, 2)]:
+        record = simulate(net, images, T, batch_size=batch, chunk=chunk, early_exit=k)
+        assert torch.equal(record.exit_steps, exits), f"exit steps differ (chunk {chunk}, batch {batch})"
+        assert torch.equal(record.predictions, expected_predictions)
+        assert torch.equal(record.spikes[-1], expected_spikes)
+        assert torch.allclose(record.synops[-1], expected_synops, rtol=1e-12, atol=0)
+        assert record.synops[-1].sum() < full.synops[-1].sum()
+
+
+def test_early_exit_refuses_what_it_cannot_report():
+    net, images = converted("chain", "ecc")
+    with pytest.raises(Exception, match="early exit"):
+        simulate(net, images, T, early_exit=2, keep_neuron_counts=True)
+    with pytest.raises(Exception, match="early exit"):
+        simulate(net, images, T, early_exit=0)
