@@ -96,8 +96,22 @@ def run_spikingjelly(net, images, timesteps):
     return counts.argmax(1)
 
 
+def run_spikingjelly_multistep(net, images, timesteps):
+    """SpikingJelly's multi-step mode: every layer takes the whole (T, N, ...) sequence at once."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    model = torch_layers(net, lambda: neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m"))
+    model = nn.Sequential(*[m if isinstance(m, neuron.IFNode) else layer.SeqToANNContainer(m) for m in model])
+    with torch.no_grad():
+        sequence = images.unsqueeze(0).expand(timesteps, *images.shape)
+        counts = model(sequence).sum(0)
+    functional.reset_net(model)
+    return counts.argmax(1)
+
+
 PEERS = {"spkeras": (None, run_spkeras), "sinabs": ("sinabs", run_sinabs),
-         "spikingjelly-single-step": ("spikingjelly", run_spikingjelly)}
+         "spikingjelly-single-step": ("spikingjelly", run_spikingjelly),
+         "spikingjelly-multi-step": ("spikingjelly", run_spikingjelly_multistep)}
 
 
 def main() -> None:
