@@ -7,12 +7,17 @@ installed peer simulates with its own integrate-and-fire neurons (at most one sp
 reset by subtraction). Tools are timed interleaved over rounds; medians are reported.
 
     pip install --no-deps sinabs spikingjelly && pip install loguru   # keeps the installed torch
-    python benchmarks/peers.py [--n 50] [--timesteps 32,64] [--rounds 3]
+    python -m venv tfvenv && tfvenv/bin/pip install tensorflow-cpu tf-keras snntoolbox   # SNN Toolbox apart
+    python benchmarks/peers.py [--n 50] [--timesteps 32,64] [--rounds 3] [--snntoolbox-python tfvenv/bin/python]
+
+SNN Toolbox runs in its own Python (TensorFlow) through benchmarks/snntoolbox_peer.py, which
+rebuilds the same network in tf-keras and times only its INI simulator's run (parsing and
+building excluded); the numpy-2 and JSON shims it needs are applied there, at run time.
 
 A peer whose predictions agree with spkeras on fewer than 90 % of the images is marked
 ``"valid": false``: same network and dynamics should agree, so its setup is suspect. (sinabs'
 ``from_model`` runs a forward pass to infer shapes that leaves charge in every membrane; the
-harness resets the states before simulating.) SNN Toolbox is not driven from here yet.
+harness resets the states before simulating.)
 """
 
 from __future__ import annotations
@@ -20,10 +25,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -109,9 +118,51 @@ def run_spikingjelly_multistep(net, images, timesteps):
     return counts.argmax(1)
 
 
+def export_network(net, images, timesteps, path) -> None:
+    """The spiking network's layers as plain arrays (torch layout) for benchmarks/snntoolbox_peer.py."""
+    arrays = {"images": images.numpy(), "labels": np.zeros(images.shape[0], dtype=np.int64),
+              "timesteps": np.array(timesteps)}
+    nodes, index = net.graph.nodes[1:], 0
+    kinds = {"conv2d": "conv", "dense": "dense", "avgpool": "avgpool", "flatten": "flatten"}
+    for position, node in enumerate(nodes):
+        if node.op == "spike":
+            continue
+        assert node.op in kinds and node.attrs.get("scale", 1.0) == 1.0, f"unsupported node {node.op}"
+        arrays[f"kind_{index}"] = kinds[node.op]
+        arrays[f"relu_{index}"] = position + 1 < len(nodes) and nodes[position + 1].op == "spike"
+        if node.op in ("conv2d", "dense"):
+            arrays[f"weight_{index}"] = node.params["weight"].numpy()
+            arrays[f"bias_{index}"] = node.params["bias"].numpy()
+        if node.op in ("conv2d", "avgpool"):
+            arrays[f"stride_{index}"] = np.array(node.attrs["stride"])
+        if node.op == "conv2d":
+            pads, kernel = set(node.attrs["padding"]), node.params["weight"].shape[2]
+            assert pads in ({0}, {kernel // 2}) and node.attrs["stride"] == [1, 1], "SNN Toolbox peer: 'same' or 'valid'"
+            arrays[f"padding_{index}"] = "valid" if pads == {0} else "same"
+        if node.op == "avgpool":
+            arrays[f"kernel_{index}"] = np.array(node.attrs["kernel"])
+        index += 1
+    arrays["layers"] = np.array(index)
+    np.savez(path, **arrays)
+
+
+def run_snntoolbox(net, images, timesteps):
+    """SNN Toolbox in its own Python (TensorFlow), timed inside: simulation only."""
+    with tempfile.TemporaryDirectory() as work:
+        export_network(net, images, timesteps, Path(work) / "network.npz")
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        done = subprocess.run([SNNTOOLBOX_PYTHON, str(Path(__file__).with_name("snntoolbox_peer.py")),
+                               str(Path(work) / "network.npz"), str(Path(work) / "snntb")],
+                              capture_output=True, text=True, env=env, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # the peer's last line
+    return torch.tensor(result["predictions"]), result["wall_s"]
+
+
 PEERS = {"spkeras": (None, run_spkeras), "sinabs": ("sinabs", run_sinabs),
          "spikingjelly-single-step": ("spikingjelly", run_spikingjelly),
-         "spikingjelly-multi-step": ("spikingjelly", run_spikingjelly_multistep)}
+         "spikingjelly-multi-step": ("spikingjelly", run_spikingjelly_multistep),
+         "snn-toolbox-ini": ("<python>", run_snntoolbox)}
+SNNTOOLBOX_PYTHON = None  # set by --snntoolbox-python
 
 
 def main() -> None:
@@ -122,9 +173,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--timesteps", default="32,64")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--snntoolbox-python", help="a Python with snntoolbox, tensorflow-cpu and tf-keras")
     args = parser.parse_args()
     set_quiet(True)
-    tools = {k: v for k, v in PEERS.items() if v[0] is None or importlib.util.find_spec(v[0])}
+    global SNNTOOLBOX_PYTHON
+    SNNTOOLBOX_PYTHON = args.snntoolbox_python
+    tools = {k: v for k, v in PEERS.items()
+             if v[0] is None or (v[0] == "<python>" and args.snntoolbox_python)
+             or (v[0] != "<python>" and importlib.util.find_spec(v[0]))}
     dataset = api.as_dataset(args.data, args.n)
     labels = torch.from_numpy(dataset.y)
     for timesteps in [int(t) for t in args.timesteps.split(",")]:
@@ -136,8 +192,12 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, (_, run) in tools.items():
                 start = time.perf_counter()
-                predictions[name] = run(net, images, timesteps)
-                times[name].append(time.perf_counter() - start)
+                result = run(net, images, timesteps)
+                elapsed = time.perf_counter() - start
+                if isinstance(result, tuple):  # the peer timed its own simulation
+                    result, elapsed = result
+                predictions[name] = result
+                times[name].append(elapsed)
         for name in tools:
             agreement = float((predictions[name] == predictions["spkeras"]).double().mean())
             print(json.dumps({
