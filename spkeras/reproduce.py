@@ -198,6 +198,9 @@ class Runner:
         self.stats["from_cache"] += len(jobs) - len(todo)
         names = ", ".join(f.name for f in figures)
         for job in progress_bar(todo, desc=f"reproduce {names}", unit="run"):
+            if self.entry(job) is not None:  # another process sharing OUT finished it meanwhile
+                self.stats["from_cache"] += 1
+                continue
             entry = self.run_curve(job) if job.kind == "curve" else self.run_counts(job)
             write_json(self.cache / f"{job.digest}.json", {"key": job.key, "timesteps": job.timesteps, **entry})
             self.stats["simulated"] += 1
