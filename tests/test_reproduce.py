@@ -176,3 +176,22 @@ def test_networks_reused_across_t_equal_a_fresh_conversion(tmp_path):
                 assert a.name == b.name and a.attrs == b.attrs
                 assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert len(runner._prepared) == 1      # one calibration for ECC, its 8-bit variant and RMP (all λ = max)
+
+
+def test_runs_finished_meanwhile_by_another_process_are_not_repeated(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    reproduce("fig3c", settings(other))                    # what a second process sharing OUT will have written
+    mine = tmp_path / "mine"
+    real = spkeras.api.evaluate
+
+    def other_process_finishes_the_rest(*args, **kwargs):
+        (mine / "cache").mkdir(parents=True, exist_ok=True)
+        for path in cached(other):
+            target = mine / "cache" / path.name
+            if not target.exists():
+                target.write_text(path.read_text())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(spkeras.api, "evaluate", other_process_finishes_the_rest)
+    documents = reproduce("fig3c", settings(mine))
+    assert documents["fig3c"]["runs"] == {"needed": 5, "from_cache": 4, "simulated": 1}
