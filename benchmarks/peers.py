@@ -23,6 +23,7 @@ harness resets the states before simulating.)
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -146,12 +147,12 @@ def export_network(net, images, timesteps, path) -> None:
     np.savez(path, **arrays)
 
 
-def run_snntoolbox(net, images, timesteps):
-    """SNN Toolbox in its own Python (TensorFlow), timed inside: simulation only."""
+def run_snntoolbox(net, images, timesteps, python):
+    """SNN Toolbox in ``python`` (one with TensorFlow), timed inside: simulation only."""
     with tempfile.TemporaryDirectory() as work:
         export_network(net, images, timesteps, Path(work) / "network.npz")
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        done = subprocess.run([SNNTOOLBOX_PYTHON, str(Path(__file__).with_name("snntoolbox_peer.py")),
+        done = subprocess.run([python, str(Path(__file__).with_name("snntoolbox_peer.py")),
                                str(Path(work) / "network.npz"), str(Path(work) / "snntb")],
                               capture_output=True, text=True, env=env, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])  # the peer's last line
@@ -160,9 +161,7 @@ def run_snntoolbox(net, images, timesteps):
 
 PEERS = {"spkeras": (None, run_spkeras), "sinabs": ("sinabs", run_sinabs),
          "spikingjelly-single-step": ("spikingjelly", run_spikingjelly),
-         "spikingjelly-multi-step": ("spikingjelly", run_spikingjelly_multistep),
-         "snn-toolbox-ini": ("<python>", run_snntoolbox)}
-SNNTOOLBOX_PYTHON = None  # set by --snntoolbox-python
+         "spikingjelly-multi-step": ("spikingjelly", run_spikingjelly_multistep)}
 
 
 def main() -> None:
@@ -176,11 +175,9 @@ def main() -> None:
     parser.add_argument("--snntoolbox-python", help="a Python with snntoolbox, tensorflow-cpu and tf-keras")
     args = parser.parse_args()
     set_quiet(True)
-    global SNNTOOLBOX_PYTHON
-    SNNTOOLBOX_PYTHON = args.snntoolbox_python
-    tools = {k: v for k, v in PEERS.items()
-             if v[0] is None or (v[0] == "<python>" and args.snntoolbox_python)
-             or (v[0] != "<python>" and importlib.util.find_spec(v[0]))}
+    tools = {k: v for k, v in PEERS.items() if v[0] is None or importlib.util.find_spec(v[0])}
+    if args.snntoolbox_python:
+        tools["snn-toolbox-ini"] = (None, functools.partial(run_snntoolbox, python=args.snntoolbox_python))
     dataset = api.as_dataset(args.data, args.n)
     labels = torch.from_numpy(dataset.y)
     for timesteps in [int(t) for t in args.timesteps.split(",")]:

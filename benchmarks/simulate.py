@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from spkeras import api
 from spkeras.demo import asset
-from spkeras.evaluate import checked_images
+from spkeras.evaluate import checked_images, peak_memory_mb
 from spkeras.ops import run_graph
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate
@@ -38,12 +37,6 @@ def timed(fn, device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - start
-
-
-def peak_memory_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench(name: str, model: str, data: str, calib: str, method: str, timesteps: int, n: int, batch: int,

@@ -88,9 +88,8 @@ def main() -> None:
     with open(path, "w") as f:
         config.write(f)
 
-    import json as _json
-    _dump = _json.dump
-    _json.dump = lambda obj, fp, **kw: _dump(obj, fp, default=_float_json, **kw)  # float32 scale factors
+    dump = json.dump
+    json.dump = lambda obj, fp, **kw: dump(obj, fp, default=_float_json, **kw)  # float32 scale factors
     from importlib import import_module
 
     from snntoolbox.bin.utils import import_target_sim, update_setup

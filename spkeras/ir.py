@@ -80,7 +80,7 @@ class Graph:
         return Graph(nodes=nodes, output=output or self.output, name=self.name)
 
     def to(self, device) -> "Graph":
-        """A copy with every tensor on ``device`` (the graph itself when they are there already)."""
+        """A copy with every tensor on ``device`` (tensors already there are shared, not copied)."""
         nodes = [
             Node(n.name, n.op, list(n.inputs), {k: v.to(device) for k, v in n.params.items()}, dict(n.attrs),
                  n.shape, n.source)

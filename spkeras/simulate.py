@@ -8,8 +8,8 @@ analog input and the layers it feeds before the first neuron) is computed once p
 from __future__ import annotations
 
 import ctypes
-from collections import Counter
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -252,9 +252,10 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         if not fires:
             skip.add(output)
         _count(values, layers, skip, fanouts, totals, spikes, synops, t0, steps, alive)
-        if stopper and stopper.stopped.any():
-            keep = ~stopper.stopped
-            predictions[t0 + steps :, running[stopper.stopped]] = stopper.frozen[stopper.stopped]
+        stopped = stopper.stopped if stopper else None
+        if stopped is not None and stopped.any():
+            keep = ~stopped
+            predictions[t0 + steps :, running[stopped]] = stopper.frozen[stopped]
             stopper.record(running)
             running = running[keep]
             baseline = _keep_rows(keep, neurons, encoder, totals, baseline, stopper)
@@ -274,7 +275,11 @@ class _EarlyExit:
         self.frozen = torch.zeros(batch, dtype=torch.int64, device=device)
         self.exit_at = torch.zeros(batch, dtype=torch.int64, device=device)   # 0: still running
         self.exit_steps = torch.full((batch,), timesteps, dtype=torch.int64, device=device)  # by batch position
-        self.stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    @property
+    def stopped(self) -> torch.Tensor:
+        """Which running images exited in the chunk just scanned."""
+        return self.exit_at > 0
 
     def scan(self, predictions: torch.Tensor, decided: torch.Tensor, t0: int) -> torch.Tensor:
         """Walk this chunk's predictions (steps, running images) and whether the output separated
@@ -289,7 +294,6 @@ class _EarlyExit:
             newly = alive[s] & (self.streak >= self.k)
             self.exit_at[newly] = t0 + s + 1
             self.frozen[newly] = predictions[s][newly]
-        self.stopped = self.exit_at > 0
         return alive
 
     def record(self, running: torch.Tensor) -> None:
@@ -298,7 +302,6 @@ class _EarlyExit:
     def keep(self, keep: torch.Tensor) -> None:
         for name in ("last", "streak", "frozen", "exit_at"):
             setattr(self, name, getattr(self, name)[keep])
-        self.stopped = self.stopped[keep]
 
 
 def _keep_rows(keep, neurons, encoder, totals, baseline, stopper):

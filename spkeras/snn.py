@@ -50,7 +50,6 @@ class SpikingNetwork:
         )
 
 
-
 def _graph_structure(graph: Graph) -> dict:
     nodes = [
         {"name": n.name, "op": n.op, "inputs": n.inputs, "attrs": n.attrs, "shape": list(n.shape),
