@@ -23,6 +23,8 @@ from .progress import progress_bar
 from .snn import SpikingNetwork
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+SYNAPSES = ("conv2d", "dense")
+SILENT_ROWS_WORTH_SKIPPING = 0.1  # fraction of silent (image, step) rows above which a layer skips them
 
 
 @dataclass
@@ -79,8 +81,25 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = 
         out = apply_linear(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
-    out = apply_linear(node, flat)
+    out = _skip_silent_rows(node, flat[0]) if node.op in SYNAPSES and len(flat) == 1 else apply_linear(node, flat)
     return _Value(out.view(steps, -1, *out.shape[1:]), False)
+
+
+def _skip_silent_rows(node: Node, rows: torch.Tensor) -> torch.Tensor:
+    """A conv or dense layer over (image, step) rows, computed only on rows that carry spikes.
+
+    A row with no input spike gives the layer's response to zeros (its bias) exactly, so that is
+    computed once and copied. Compacting costs copies, so it is done only when at least
+    ``SILENT_ROWS_WORTH_SKIPPING`` of the rows are silent (deep layers, images still filling).
+    """
+    active = rows.flatten(1).any(1).nonzero().squeeze(1)
+    if active.numel() > (1 - SILENT_ROWS_WORTH_SKIPPING) * rows.shape[0]:
+        return apply_linear(node, [rows])
+    silent = apply_linear(node, [torch.zeros_like(rows[:1])])
+    out = silent.expand(rows.shape[0], *silent.shape[1:]).contiguous()
+    if active.numel():
+        out.index_copy_(0, active, apply_linear(node, [rows.index_select(0, active)]))
+    return out
 
 
 class _Neurons:

@@ -220,6 +220,29 @@ def test_simulation_matches_reference_in_float32():
     assert_same_as_reference(net, images, runs=[(3, 6), (8, 1)])
 
 
+def test_rows_without_spikes_are_skipped_exactly(monkeypatch):
+    """Image-steps whose input carries no spike skip the conv (they get its bias): the compacted
+    path is taken here and the simulation still equals the naive reference spike for spike."""
+    import spkeras.simulate as simulate_module
+
+    net, images = converted("chain", "ecc")
+    compacted = []
+    full_layer = simulate_module.apply_linear
+
+    def recording(node, inputs, *args):
+        out = full_layer(node, inputs, *args)
+        compacted.append(node.op in simulate_module.SYNAPSES and inputs[0].shape[0] not in (1, images.shape[0] * 3))
+        return out
+
+    monkeypatch.setattr(simulate_module, "apply_linear", recording)
+    assert_same_as_reference(net, images, runs=[(3, images.shape[0])])
+    assert any(compacted), "no layer skipped silent rows: the test does not exercise the compacted path"
+    rows = images.clone()
+    rows[::2] = 0
+    conv = net.graph.nodes_of("conv2d")[0]
+    assert torch.equal(simulate_module._skip_silent_rows(conv, rows), full_layer(conv, [rows]))
+
+
 def test_reference_is_not_trivial():
     """Sanity of the comparison itself: predictions change over time and differ between images."""
     net, images = converted("chain", "ecc")
