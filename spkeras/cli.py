@@ -78,7 +78,10 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--readout-delay", type=int, metavar="K",
                        help="read only what the output accumulates after step K (0: from the start)")
     group.add_argument("--rate-calibration", type=int, metavar="ROUNDS",
-                       help="per-channel bias correction towards the rate model after T steps, layer by layer (0: off)")
+                       help="per-channel rate correction towards the rate model after T steps, layer by layer (0: off)")
+    group.add_argument("--potential-share", type=float, metavar="S",
+                       help="share in [0, 1] of each rate correction given as initial membrane potential, "
+                            "the rest as bias (0: all bias)")
     group.add_argument("--calib", help="calibration images for λ (.npz, CIFAR or MNIST archive)")
     group.add_argument("--calib-n", type=_positive_int, default=2000, help="use the first N calibration images (2000)")
 
@@ -90,6 +93,7 @@ def method_overrides(args) -> dict:
         "encoding": args.encoding, "kappa0": args.kappa0, "spiking_pools": args.spiking_pools,
         "threshold_scale": args.threshold_scale, "bits": args.bits, "rounding": args.rounding,
         "rate_calibration": args.rate_calibration, "readout_delay": args.readout_delay,
+        "potential_share": args.potential_share,
     }
 
 

@@ -25,6 +25,8 @@ def spike_count(node: Node, current: torch.Tensor, steps: int, fire: bool = True
     """Closed-form spike count of a spike node after ``steps`` steps of total input ``current``."""
     a = node.attrs
     potential = a["v_init"] + current + steps * a["step_current"]
+    if "initial_potential" in node.params:
+        potential = potential + node.params["initial_potential"]
     if not fire:
         return potential
     return torch.clamp(torch.floor(potential / a["threshold"]), 0, steps)

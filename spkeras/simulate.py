@@ -112,6 +112,8 @@ class _Neurons:
         self.step_current = a["step_current"]
         self.fire = fire
         self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
+        if "initial_potential" in node.params:  # per-channel, from rate calibration
+            self.v += node.params["initial_potential"].to(device, dtype)
         self.max_current = None
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 

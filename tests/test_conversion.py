@@ -143,7 +143,7 @@ def rate_counts(net, x, steps):
     def apply(node, inputs):
         if node.op == "spike":
             a = node.attrs
-            v = a["v_init"] + inputs[0] + steps * a["step_current"]
+            v = a["v_init"] + node.params.get("initial_potential", 0.0) + inputs[0] + steps * a["step_current"]
             return torch.clamp(torch.floor(v / a["threshold"]), 0, steps)
         if node.op in ("conv2d", "dense") and "bias" in node.params:
             copy = Node(node.name, node.op, node.inputs, dict(node.params), node.attrs, node.shape)

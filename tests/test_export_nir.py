@@ -177,6 +177,22 @@ def test_initial_potential_is_refused_and_nothing_is_written(tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob(".init.nir*"))
 
 
+def test_calibrated_initial_potentials_are_saved_and_refused_by_nir(tmp_path):
+    from spkeras.snn import load_snn
+
+    net = demo_net(method="ecc+", tre="spread", potential_share=1.0, rate_calibration_images=32)
+    calibrated = {n.name: n.params["initial_potential"] for n in net.spike_nodes if "initial_potential" in n.params}
+    assert calibrated and all(n.attrs["v_init"] == 0.0 for n in net.spike_nodes)
+    with pytest.raises(ModelError, match="per-channel initial potentials"):
+        to_nir(net)
+    save_snn(net, tmp_path / "calibrated.snn")
+    loaded = load_snn(tmp_path / "calibrated.snn")
+    for name, potential in calibrated.items():
+        assert torch.equal(loaded.graph.node(name).params["initial_potential"], potential)
+    images = checked_images(spkeras.api.as_dataset(asset("mnist_test.npz"), 20), net.cnn)
+    assert torch.equal(simulate(loaded, images, T).spikes, simulate(net, images, T).spikes)
+
+
 def test_asymmetric_padding_is_refused():
     graph = helpers.chain_cnn(dtype=torch.float32)  # a stride-2 convolution padded (0, 1, 0, 1)
     net = convert(graph, helpers.images(graph, 10, dtype=torch.float32), get_method("ecc"), T)

@@ -375,3 +375,6 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
         return sum(float((channel_means(counts[h]) / timesteps - targets[h]).abs().sum()) for h in hidden)
 
     assert rate_error(tuned) < rate_error(plain)
+    by_potential = convert(cnn, calib, get_method("ecc+", potential_share=1.0, rate_calibration=2), timesteps)
+    assert all("initial_potential" in n.params for n in by_potential.spike_nodes if n.name != by_potential.graph.output)
+    assert rate_error(by_potential) < rate_error(plain)

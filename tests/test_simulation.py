@@ -80,7 +80,8 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scor
     for i in range(n_images):
         x = images[i : i + 1]
         encoder_v = torch.zeros_like(x)
-        potential = {n.name: torch.full((1, *n.shape), float(n.attrs["v_init"]), dtype=x.dtype) for n in spike_nodes}
+        potential = {n.name: torch.full((1, *n.shape), float(n.attrs["v_init"]), dtype=x.dtype)
+                     + n.params.get("initial_potential", torch.zeros(())) for n in spike_nodes}
         for t in range(1, timesteps + 1):
             values = {}
             spiking_input = True
@@ -173,6 +174,7 @@ CONFIGS = [
     ("rueckauer2017", {"encoding": "algorithm1", "readout": "potential"}),
     ("rueckauer2017", {"reset": "zero", "tre": "spread"}),
     ("rueckauer2017", {"encoding": "poisson", "spiking_pools": False, "tre": "initial"}),
+    ("ecc+", {"potential_share": 0.5}),  # per-channel initial potentials and biases from rate calibration
 ]
 # (chunk, batch size): chunks of 1, 3 and 8 steps (3 and 8 do not divide T = 20), and one chunk > T
 RUNS = [(1, 6), (3, 4), (8, 1), (8, 5), (50, 2)]
@@ -338,6 +340,25 @@ def test_closed_form_is_exact_without_negative_or_oversized_currents(kind, prese
         assert torch.equal(record.spikes[k], simulated.spikes[t - 1]), f"spike totals differ at t={t}"
         assert torch.equal(record.synops[k], simulated.synops[t - 1]), f"synops differ at t={t}"
     assert torch.equal(simulated.predictions, predictions)
+
+
+def test_per_channel_initial_potential_is_simulated_and_counted_in_closed_form():
+    """Rate calibration's per-channel initial potentials: the simulator and the closed form start
+    each channel from its own V(0), and both agree with the naive reference."""
+    net = positive_net("chain", "ecc", tre="initial", encoding="analog")
+    images = helpers.images(net.cnn, 5, seed=5)
+    before = simulate(net, images, 40).spikes[-1]
+    for node in net.graph.nodes_of("spike"):
+        shape = (-1,) + (1,) * (len(node.shape) - 1)
+        share = torch.linspace(0, 0.45, node.shape[0], dtype=torch.float64).view(shape)
+        node.params["initial_potential"] = share * node.attrs["threshold"]
+    predictions, per_step, counts, _ = reference(net, images, 40)
+    simulated = simulate(net, images, 40, batch_size=3, chunk=6, keep_neuron_counts=True)
+    assert torch.equal(simulated.predictions, predictions)
+    assert torch.equal(simulated.spikes, per_step.cumsum(0))
+    assert bool((simulated.spikes[-1] > before).any()), "the initial potentials changed nothing: the test is weak"
+    record = closed_form(net, images, [40], batch_size=2)
+    assert torch.equal(record.spikes[0], simulated.spikes[-1])
 
 
 def test_closed_form_and_simulation_fire_at_most_once_per_step():

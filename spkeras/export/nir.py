@@ -119,6 +119,10 @@ class _Exporter:
         """IR node → TRE current per step of the neuron it feeds (to join that node's bias)."""
         pending = {}
         for spike in self.graph.nodes_of("spike"):
+            if "initial_potential" in spike.params:
+                raise ModelError(
+                    f"{spike.source or spike.name}: per-channel initial potentials from rate calibration cannot be "
+                    "expressed in NIR, whose neurons start at rest; convert with --potential-share 0")
             if spike.attrs.get("v_init", 0.0):
                 raise ModelError(
                     f"{spike.source or spike.name}: TRE as an initial membrane potential (v_init = "

@@ -1,13 +1,16 @@
-"""Light post-conversion calibration (no retraining): per-channel bias correction.
+"""Light post-conversion calibration (no retraining): per-channel bias and potential correction.
 
 After conversion, each spiking layer's mean rate over T steps falls short of what the ideal
 rate model predicts: spikes arrive late, residual charge stays behind. On calibration images,
 for every spiking layer n and channel c, the error e_c = mean(r*_c) − mean(N_c(T)/T) between the
 rate model r* = clip(Z/V_thr, 0, 1) (the CNN's activation clipped to λ, in units of λ) and the
-simulated rate is added back as per-step current, b_c ← b_c + e_c·V_thr, to the layer feeding n.
+simulated rate is added back: a share s of it at once, as initial membrane potential
+V_c(0) ← V_c(0) + s·T·e_c·V_thr of neuron n, the rest as per-step current, b_c ← b_c + (1 − s)·e_c·V_thr,
+to the layer feeding n. Either way the charge over T steps grows by T·e_c·V_thr; the potential
+arrives before the layers below have filled, which is when the simulation falls behind.
 Layers are corrected in order, each ``iterations`` times, simulating only the layers up to the
-one being corrected (bias correction in the spirit of Li et al. 2021, "A free lunch from ANN:
-towards efficient, accurate spiking neural networks calibration").
+one being corrected (bias and potential correction in the spirit of Li et al. 2021, "A free lunch
+from ANN: towards efficient, accurate spiking neural networks calibration").
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ def prefix(net: SpikingNetwork, name: str) -> SpikingNetwork:
     return SpikingNetwork(net.graph.replace(nodes, name), net.method, net.timesteps, net.lambdas, net.cnn)
 
 
-def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
-    """Correct biases in place, layer by layer, so that simulated mean rates after T steps match
-    the rate model."""
+def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, potential_share: float = 0.0,
+                    device: str = "cpu") -> SpikingNetwork:
+    """Correct biases and initial potentials in place, layer by layer, so that simulated mean
+    rates after T steps match the rate model."""
     from ..simulate import simulate
 
     targets = rate_model_means(net, images)
@@ -63,8 +67,24 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
             record = simulate(prefix(net, node.name), images, steps, readout="spikes", device=device,
                               keep_neuron_counts=[node.name])
             simulated = channel_means(record.neuron_counts[node.name]) / steps
-            error = (targets[node.name] - simulated) * node.attrs["threshold"]
-            weight = layer.params["weight"]
-            bias = layer.params.get("bias", torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
-            layer.params["bias"] = bias + error.to(bias.dtype)
+            error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
+            if potential_share:
+                add_initial_potential(node, potential_share * steps * error)
+            if potential_share < 1:
+                add_bias(layer, (1 - potential_share) * error)
     return net
+
+
+def add_initial_potential(node: Node, per_channel: torch.Tensor) -> None:
+    """Add a per-channel charge to the spike node's initial potential (the ``initial_potential``
+    parameter, on top of its ``v_init``)."""
+    added = per_channel.view((-1,) + (1,) * (len(node.shape) - 1))
+    current = node.params.get("initial_potential")
+    node.params["initial_potential"] = added if current is None else current + added
+
+
+def add_bias(layer: Node, per_channel: torch.Tensor) -> None:
+    """Add a per-channel current to every step of a conv or dense layer's output."""
+    weight = layer.params["weight"]
+    bias = layer.params.get("bias", torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
+    layer.params["bias"] = bias + per_channel

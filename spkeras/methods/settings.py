@@ -41,8 +41,10 @@ class Method:
     readout_delay_fraction: at conversion for T steps, sets readout_delay = ⌊fraction·T⌋.
     bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
     spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
-    rate_calibration, rate_calibration_images: rounds of per-channel bias correction towards the
+    rate_calibration, rate_calibration_images: rounds of per-channel rate correction towards the
         rate model after T steps, on that many calibration images (0: off).
+    potential_share: the fraction of each rate correction given at once as a per-channel initial
+        membrane potential (T·e·V_thr) rather than spread as bias (e·V_thr per step).
     """
 
     name: str = "custom"
@@ -69,6 +71,7 @@ class Method:
     spikenorm_images: int = 50
     rate_calibration: int = 0
     rate_calibration_images: int = 256
+    potential_share: float = 0.0
 
     def __post_init__(self):
         for field, allowed in CHOICES.items():
@@ -84,6 +87,8 @@ class Method:
             raise ConfigError(f"readout_delay_fraction must be in [0, 1), got {self.readout_delay_fraction}")
         if self.readout_delay < 0:
             raise ConfigError(f"readout_delay must be ≥ 0, got {self.readout_delay}")
+        if not 0 <= self.potential_share <= 1:
+            raise ConfigError(f"potential_share must be in [0, 1], got {self.potential_share}")
         if self.rate_calibration < 0:
             raise ConfigError(f"rate_calibration must be ≥ 0, got {self.rate_calibration}")
         for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images",
