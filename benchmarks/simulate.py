@@ -27,6 +27,7 @@ from spkeras.simulate import simulate
 from spkeras.closed_form import closed_form
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CNN_REPEATS = 5  # CNN passes per round: one pass is short, so its median needs more samples
 
 
 def timed(fn, device: str) -> float:
@@ -48,8 +49,8 @@ def bench(name: str, model: str, data: str, calib: str, method: str, timesteps: 
         run_graph(cnn, images[:batch].to(device))  # warm-up
         cnn_times, snn_times, count_times = [], [], []
         for _ in range(rounds):
-            cnn_times.append(timed(lambda: [run_graph(cnn, images[s:s + batch].to(device))
-                                            for s in range(0, n, batch)], device))
+            cnn_times += [timed(lambda: [run_graph(cnn, images[s:s + batch].to(device)) for s in range(0, n, batch)],
+                                device) for _ in range(CNN_REPEATS)]
             snn_times.append(timed(lambda: simulate(net, images, timesteps, batch_size=batch, device=device), device))
             count_times.append(timed(lambda: closed_form(net, images, [timesteps], batch_size=batch, device=device),
                                      device))

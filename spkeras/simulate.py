@@ -66,13 +66,15 @@ class _Value:
         return self.tensor
 
 
-def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = True) -> _Value:
+def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = True,
+            dense_rows: set | None = None) -> _Value:
     """Apply a stateless layer to all steps of the chunk at once (or once, if constant).
 
     A layer whose input is silent for the whole chunk (deep layers in the first steps) outputs
     its bias at every step: that is computed once, exactly as the full layer would. The check
     is skipped (``may_be_silent=False``) once the input has been active in the batch: a silent
-    chunk then goes through the full layer, which gives the same values.
+    chunk then goes through the full layer, which gives the same values. Conv and dense layers
+    not named in ``dense_rows`` skip their silent (image, step) rows (:func:`_skip_silent_rows`).
     """
     if all(v.constant for v in inputs):
         return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
@@ -81,19 +83,25 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = 
         out = apply_linear(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
-    out = _skip_silent_rows(node, flat[0]) if node.op in SYNAPSES and len(flat) == 1 else apply_linear(node, flat)
+    if node.op in SYNAPSES and len(flat) == 1 and dense_rows is not None and node.name not in dense_rows:
+        out = _skip_silent_rows(node, flat[0], dense_rows)
+    else:
+        out = apply_linear(node, flat)
     return _Value(out.view(steps, -1, *out.shape[1:]), False)
 
 
-def _skip_silent_rows(node: Node, rows: torch.Tensor) -> torch.Tensor:
+def _skip_silent_rows(node: Node, rows: torch.Tensor, dense_rows: set) -> torch.Tensor:
     """A conv or dense layer over (image, step) rows, computed only on rows that carry spikes.
 
     A row with no input spike gives the layer's response to zeros (its bias) exactly, so that is
     computed once and copied. Compacting costs copies, so it is done only when at least
-    ``SILENT_ROWS_WORTH_SKIPPING`` of the rows are silent (deep layers, images still filling).
+    ``SILENT_ROWS_WORTH_SKIPPING`` of the rows are silent (deep layers, images still filling);
+    below that the layer joins ``dense_rows`` and is no longer checked in this batch, since
+    silent rows come mostly before a layer has filled.
     """
     active = rows.flatten(1).any(1).nonzero().squeeze(1)
     if active.numel() > (1 - SILENT_ROWS_WORTH_SKIPPING) * rows.shape[0]:
+        dense_rows.add(node.name)
         return apply_linear(node, [rows])
     silent = apply_linear(node, [torch.zeros_like(rows[:1])])
     out = silent.expand(rows.shape[0], *silent.shape[1:]).contiguous()
@@ -240,6 +248,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
     last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
     consumers = Counter(name for node in graph.nodes for name in node.inputs)
     active = set()  # values that have been non-silent in this batch
+    dense_rows = set()  # layers whose silent rows are no longer worth skipping in this batch
     running = torch.arange(b, device=batch.device)  # batch positions still simulated
     stopper = _EarlyExit(early_exit, b, timesteps, batch.device) if early_exit else None
     for t0 in range(0, timesteps, chunk):
@@ -253,7 +262,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
                 owned = consumers[node.inputs[0]] == 1 and node.inputs[0] not in layers
                 values[node.name] = _Value(neurons[node.name].run(inputs[0], steps, owned), False)
             else:
-                values[node.name] = _linear(node, inputs, steps, may_be_silent=node.inputs[0] not in active)
+                values[node.name] = _linear(node, inputs, steps, node.inputs[0] not in active, dense_rows)
                 if not values[node.name].constant:
                     active.update(node.inputs)
             for name in node.inputs:  # free intermediate currents as soon as they are consumed

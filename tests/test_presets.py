@@ -353,7 +353,7 @@ def test_ecc_plus_is_ecc_with_the_low_latency_switches():
     ecc, plus = get_method("ecc"), get_method("ecc+")
     changed = {k for k, v in plus.to_dict().items() if v != ecc.to_dict()[k]}
     assert changed == {"name", "citation", "tre", "spiking_pools", "readout", "readout_delay_fraction",
-                       "rate_calibration", "rate_calibration_images"}
+                       "rate_calibration", "rate_calibration_images", "potential_share"}
     assert plus.tre == "initial" and not plus.spiking_pools and plus.readout == "potential"
 
 

@@ -242,7 +242,7 @@ def test_rows_without_spikes_are_skipped_exactly(monkeypatch):
     rows = images.clone()
     rows[::2] = 0
     conv = net.graph.nodes_of("conv2d")[0]
-    assert torch.equal(simulate_module._skip_silent_rows(conv, rows), full_layer(conv, [rows]))
+    assert torch.equal(simulate_module._skip_silent_rows(conv, rows, set()), full_layer(conv, [rows]))
 
 
 def test_reference_is_not_trivial():

@@ -68,8 +68,8 @@ CAO2015 = Method(
 # ECC tuned for time-stepped simulation at low T (docs/low-latency.md): the same CN, CMB and λ,
 # with TRE given at once as V(0) = η·V_thr, average pools folded into the next layer's synapses
 # (no spiking neurons after them), the output read from its membrane potential accumulated after
-# the first 3/8 of the steps, and one round of per-channel bias correction towards the rate
-# model on 128 calibration images.
+# the first 3/8 of the steps, and one round of per-channel rate correction towards the rate
+# model on 128 calibration images, half as bias and half as initial potential.
 ECC_PLUS = ECC.with_options(
     name="ecc+",
     citation="ECC (Wu, Yi & Huang) with low-latency switches chosen on held-out calibration images",
@@ -79,6 +79,7 @@ ECC_PLUS = ECC.with_options(
     readout_delay_fraction=0.375,
     rate_calibration=1,
     rate_calibration_images=128,
+    potential_share=0.5,
 )
 
 PRESETS: dict[str, Method] = {

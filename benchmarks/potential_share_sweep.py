@@ -1,0 +1,62 @@
+"""Held-out sweep of ecc+'s potential_share (not a test): agreement with the CNN on CIFAR-10
+training images 9000–9499 of the calibration archive, which neither λ (images 0–1999) nor rate
+calibration (images 0–127) sees. Rule fixed before the run: the share with the highest mean
+agreement at T = 32 and 64 becomes ecc+'s. One JSON line per (T, share).
+
+    python benchmarks/potential_share_sweep.py '[32, 64]' '[0, 0.25, 0.5, 0.75, 1.0]'
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spkeras import api
+from spkeras.evaluate import checked_images
+from spkeras.importers import load_model
+from spkeras.methods import get_method
+from spkeras.methods.framework import build, prepare
+from spkeras.methods.rate_calibration import calibrate_rates
+from spkeras.ops import run_graph
+from spkeras.progress import set_quiet
+from spkeras.simulate import simulate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HELD_OUT = slice(9000, 9500)
+
+
+def main() -> None:
+    set_quiet(True)
+    timesteps, shares = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    archive = np.load(SHARED / "data" / "cifar10_train_10k.npz")
+    cnn = load_model(str(SHARED / "models" / "vgg16_cifar10.keras"))
+    held = checked_images(api.as_dataset((archive["x"][HELD_OUT], archive["y"][HELD_OUT])), cnn)
+    labels = torch.as_tensor(archive["y"][HELD_OUT]).long().flatten()
+    calibration = checked_images(api.as_dataset((archive["x"][:2000], archive["y"][:2000])), cnn)
+    base = get_method("ecc+")
+    graph, lambdas, reference = prepare(cnn, calibration, base)
+    with torch.no_grad():
+        cnn_predictions = torch.cat([run_graph(reference, held[i:i + 100]).argmax(1) for i in range(0, len(held), 100)])
+    for steps in timesteps:
+        for share in shares:
+            started = time.time()
+            method = base.with_options(potential_share=share)
+            net = calibrate_rates(build(graph, lambdas, method, steps, reference),
+                                  calibration[: method.rate_calibration_images], method.rate_calibration, share)
+            converted_s = time.time() - started
+            record = simulate(net, held, steps)
+            final = record.predictions[-1]
+            print(json.dumps({
+                "T": steps, "potential_share": share, "n": len(held),
+                "agree": round(float((final == cnn_predictions).double().mean()) * 100, 1),
+                "acc": round(float((final == labels).double().mean()) * 100, 1),
+                "mops": round(float(record.synops[-1].sum()) / len(held) / 1e6, 1),
+                "convert_s": round(converted_s), "sim_s": round(record.seconds),
+            }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
