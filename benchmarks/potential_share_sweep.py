@@ -45,7 +45,7 @@ def main() -> None:
             started = time.time()
             method = base.with_options(potential_share=share)
             net = calibrate_rates(build(graph, lambdas, method, steps, reference),
-                                  calibration[: method.rate_calibration_images], method.rate_calibration, share)
+                                  calibration[: method.rate_calibration_images], method.rate_calibration)
             converted_s = time.time() - started
             record = simulate(net, held, steps)
             final = record.predictions[-1]

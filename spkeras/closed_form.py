@@ -13,7 +13,7 @@ import time
 import torch
 
 from .encoding import make_encoder
-from .ir import Node
+from .ir import Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear, run_graph
 from .progress import progress_bar
@@ -24,9 +24,7 @@ from .snn import SpikingNetwork
 def spike_count(node: Node, current: torch.Tensor, steps: int, fire: bool = True) -> torch.Tensor:
     """Closed-form spike count of a spike node after ``steps`` steps of total input ``current``."""
     a = node.attrs
-    potential = a["v_init"] + current + steps * a["step_current"]
-    if "initial_potential" in node.params:
-        potential = potential + node.params["initial_potential"]
+    potential = initial_potential(node) + current + steps * a["step_current"]
     if not fire:
         return potential
     return torch.clamp(torch.floor(potential / a["threshold"]), 0, steps)

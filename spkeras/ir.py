@@ -20,7 +20,7 @@ avgpool             –                                           kernel, stride
 global_avgpool      –                                           scale (default 1)
 flatten             –                                           – (channels-first order)
 add                 –                                           coefficients (default all 1)
-spike               –                                           threshold, reset, v_init, step_current
+spike               initial_potential (C, 1, 1) or (C) optional  threshold, reset, v_init, step_current
 ==================  ==========================================  ===================================
 """
 
@@ -143,3 +143,10 @@ def neurons(node: Node) -> int:
     for d in node.shape:
         count *= d
     return count
+
+
+def initial_potential(node: Node):
+    """V(0) of a spike node: its ``v_init`` plus, where rate calibration set one, its per-channel
+    ``initial_potential`` parameter (a float, or a tensor that broadcasts over the node's shape)."""
+    v_init = float(node.attrs["v_init"])
+    return v_init + node.params["initial_potential"] if "initial_potential" in node.params else v_init

@@ -16,7 +16,7 @@ import torch
 
 from .encoding import make_encoder
 from .errors import ConfigError
-from .ir import Graph, Node
+from .ir import Graph, Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear
 from .progress import progress_bar
@@ -66,8 +66,7 @@ class _Value:
         return self.tensor
 
 
-def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = True,
-            dense_rows: set | None = None) -> _Value:
+def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, dense_rows: set) -> _Value:
     """Apply a stateless layer to all steps of the chunk at once (or once, if constant).
 
     A layer whose input is silent for the whole chunk (deep layers in the first steps) outputs
@@ -83,7 +82,7 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool = 
         out = apply_linear(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
-    if node.op in SYNAPSES and len(flat) == 1 and dense_rows is not None and node.name not in dense_rows:
+    if node.op in SYNAPSES and len(flat) == 1 and node.name not in dense_rows:
         out = _skip_silent_rows(node, flat[0], dense_rows)
     else:
         out = apply_linear(node, flat)
@@ -119,9 +118,8 @@ class _Neurons:
         self.subtract = a["reset"] == "subtract"
         self.step_current = a["step_current"]
         self.fire = fire
-        self.v = torch.full((batch, *node.shape), float(a["v_init"]), device=device, dtype=dtype)
-        if "initial_potential" in node.params:  # per-channel, from rate calibration
-            self.v += node.params["initial_potential"].to(device, dtype)
+        self.v = torch.zeros((batch, *node.shape), device=device, dtype=dtype)
+        self.v += initial_potential(node)
         self.max_current = None
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 

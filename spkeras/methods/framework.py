@@ -62,8 +62,7 @@ def convert(
     if method.statistic == "spikenorm":
         net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
     if method.rate_calibration:
-        net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration,
-                              method.potential_share, device)
+        net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration, device)
     return net
 
 

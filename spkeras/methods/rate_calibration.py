@@ -51,14 +51,14 @@ def prefix(net: SpikingNetwork, name: str) -> SpikingNetwork:
     return SpikingNetwork(net.graph.replace(nodes, name), net.method, net.timesteps, net.lambdas, net.cnn)
 
 
-def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, potential_share: float = 0.0,
-                    device: str = "cpu") -> SpikingNetwork:
+def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
     """Correct biases and initial potentials in place, layer by layer, so that simulated mean
-    rates after T steps match the rate model."""
+    rates after T steps match the rate model; the share s is the method's ``potential_share``."""
     from ..simulate import simulate
 
     targets = rate_model_means(net, images)
     steps = net.timesteps
+    potential_share = net.method.potential_share
     for node in net.spike_nodes:
         layer = net.graph.node(node.inputs[0])
         if layer.op not in ("conv2d", "dense") or (node.name == net.graph.output and net.method.readout == "potential"):
