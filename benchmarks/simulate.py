@@ -5,6 +5,7 @@ here, on the same device, interleaved over rounds (medians), so machine noise hi
 Run it on a quiet machine: under load torch slows several-fold.
 
     python benchmarks/simulate.py [--device cuda] [--rounds 3] [--vgg PATH] [--n 50] [--batch B]
+                                  [--conv auto,dense] [--only vgg16-cifar10-ecc-64]
 """
 
 from __future__ import annotations
@@ -41,28 +42,41 @@ def timed(fn, device: str) -> float:
 
 
 def bench(name: str, model: str, data: str, calib: str, method: str, timesteps: int, n: int, batch: int,
-          device: str, rounds: int) -> dict:
+          device: str, rounds: int, convs: list[str]) -> list[dict]:
+    """One line per conv kernel; the kernels, the CNN and the count mode take turns in every round."""
     net = api.convert(model, calib, method=method, timesteps=timesteps, calib_n=500, device=device)
     images = checked_images(api.as_dataset(data, n), net.cnn)
     cnn = net.to(device).cnn
+    shares = {}
+
+    def simulated(conv: str) -> None:
+        shares[conv] = simulate(net, images, timesteps, batch_size=batch, device=device, conv=conv).event_conv_share
+
     with torch.no_grad():
         run_graph(cnn, images[:batch].to(device))  # warm-up
-        cnn_times, snn_times, count_times = [], [], []
+        cnn_times, count_times, snn_times = [], [], {conv: [] for conv in convs}
         for _ in range(rounds):
             cnn_times += [timed(lambda: [run_graph(cnn, images[s:s + batch].to(device)) for s in range(0, n, batch)],
                                 device) for _ in range(CNN_REPEATS)]
-            snn_times.append(timed(lambda: simulate(net, images, timesteps, batch_size=batch, device=device), device))
+            for conv in convs:
+                snn_times[conv].append(timed(lambda: simulated(conv), device))
             count_times.append(timed(lambda: closed_form(net, images, [timesteps], batch_size=batch, device=device),
                                      device))
-    cnn_s, snn_s = statistics.median(cnn_times), statistics.median(snn_times)
-    return {
-        "network": name, "method": method, "device": device, "T": timesteps, "images": n, "batch": batch,
-        "snn_s": round(snn_s, 3), "cnn_forward_s": round(cnn_s, 4), "R": round(snn_s / (timesteps * cnn_s), 3),
-        "images_per_s": round(n / snn_s, 2), "image_timesteps_per_s": round(n * timesteps / snn_s, 1),
-        "count_mode_s": round(statistics.median(count_times), 3), "peak_memory_mb": round(peak_memory_mb(device)),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
-        "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-    }
+    cnn_s = statistics.median(cnn_times)
+    lines = []
+    for conv in convs:
+        snn_s = statistics.median(snn_times[conv])
+        lines.append({
+            "network": name, "method": method, "device": device, "T": timesteps, "images": n, "batch": batch,
+            "conv": conv, "event_conv_share": None if shares[conv] is None else round(shares[conv], 3),
+            "snn_s": round(snn_s, 3), "cnn_forward_s": round(cnn_s, 4), "R": round(snn_s / (timesteps * cnn_s), 3),
+            "images_per_s": round(n / snn_s, 2), "image_timesteps_per_s": round(n * timesteps / snn_s, 1),
+            "count_mode_s": round(statistics.median(count_times), 3), "peak_memory_mb": round(peak_memory_mb(device)),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        })
+    return lines
 
 
 def main() -> None:
@@ -75,6 +89,8 @@ def main() -> None:
     parser.add_argument("--calib", default=str(SHARED / "data" / "cifar10_train_10k.npz"), help="calibration images")
     parser.add_argument("--batch", type=int, default=None, help="images per batch for VGG-16 (default: all n)")
     parser.add_argument("--quick", action="store_true", help="demo network only")
+    parser.add_argument("--conv", default="auto,dense", help="conv kernels to compare side by side (auto,dense)")
+    parser.add_argument("--only", help="run only configurations whose network-method-T contains this text")
     args = parser.parse_args()
     set_quiet(True)
     demo = (asset("mnist_cnn.keras"), asset("mnist_test.npz"), asset("mnist_calib.npz"))
@@ -85,7 +101,10 @@ def main() -> None:
             for t in (64, 256):
                 configs.append(("vgg16-cifar10", *cifar, method, t, args.n, args.batch or args.n))
     for config in configs:
-        print(json.dumps(bench(*config, device=args.device, rounds=args.rounds)), flush=True)
+        if args.only and args.only not in f"{config[0]}-{config[4]}-{config[5]}":
+            continue
+        for line in bench(*config, device=args.device, rounds=args.rounds, convs=args.conv.split(",")):
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -82,12 +82,14 @@ def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
              mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
              batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
-             chunk: int = 8, early_exit: int | None = None, **options) -> EvaluationResult:
+             chunk: int = 8, early_exit: int | None = None, conv: str = "auto", **options) -> EvaluationResult:
     """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``.
 
     ``chunk`` timesteps go through the stateless layers as one batch: memory grows with
     batch_size × chunk, speed too up to a point. ``early_exit=K`` stops each image once its
     prediction has been the same for K steps (a different readout, labelled in the result).
+    ``conv='auto'`` runs conv layers on sparse spikes event-driven on the CPU, ``'dense'``
+    never (:func:`spkeras.simulate.simulate`).
     """
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -113,7 +115,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
     record = run_snn(net, images[start:stop], timesteps, mode, readout, batch_size, device, seed, checkpoints,
-                     image_ids=torch.arange(start, stop), chunk=chunk, early_exit=early_exit)
+                     image_ids=torch.arange(start, stop), chunk=chunk, early_exit=early_exit, conv=conv)
     if size > 1:
         record = distributed.merge(record, len(dataset), size)
         cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
@@ -131,6 +133,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
         cnn_accuracy=float((cnn_pred == labels).double().mean()),
         timings={"convert_s": converted - started, "cnn_s": cnn_done - converted, "snn_s": record.seconds,
                  "peak_memory_mb": peak_memory_mb(device), "chunk": chunk, "batch_size": batch_size,
+                 "conv": conv, "event_conv_share": record.event_conv_share,
                  "total_s": time.perf_counter() - started},
         settings=net.method.to_dict(), lambdas=net.lambdas, device=device, seed=seed,
         model=str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", type(model).__name__),

@@ -76,7 +76,13 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bits", type=int, help="b-bit signed fixed-point weights and integer thresholds (2..32)")
     group.add_argument("--rounding", choices=CHOICES["rounding"], help="--bits rounding: nearest or trunc (default)")
     group.add_argument("--readout-delay", type=int, metavar="K",
-                       help="read only what the output accumulates after step K (0: from the start)")
+                       help="read only what the output accumulates after step K (0: from the start); "
+                            "replaces a preset's choice (ecc+ chooses it on calibration images)")
+    group.add_argument("--readout-delay-fraction", type=float, metavar="F",
+                       help="readout delay as a fraction of T: K = ⌊F·T⌋, F in [0, 1)")
+    group.add_argument("--delay-calibration", type=int, metavar="N", dest="delay_calibration_images",
+                       help="choose the readout delay (a fraction of T) that agrees best with the CNN on N "
+                            "calibration images (0: off; ecc+: 256)")
     group.add_argument("--rate-calibration", type=int, metavar="ROUNDS",
                        help="per-channel rate correction towards the rate model after T steps, layer by layer (0: off)")
     group.add_argument("--potential-share", type=float, metavar="S",
@@ -93,6 +99,8 @@ def method_overrides(args) -> dict:
         "encoding": args.encoding, "kappa0": args.kappa0, "spiking_pools": args.spiking_pools,
         "threshold_scale": args.threshold_scale, "bits": args.bits, "rounding": args.rounding,
         "rate_calibration": args.rate_calibration, "readout_delay": args.readout_delay,
+        "readout_delay_fraction": args.readout_delay_fraction,
+        "delay_calibration_images": args.delay_calibration_images,
         "potential_share": args.potential_share,
     }
 
@@ -188,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="count mode: comma-separated t to evaluate (default: powers of two and T)")
     ev.add_argument("--chunk", type=_positive_int, default=8,
                     help="timesteps per batch through the stateless layers (8): memory ∝ batch size × chunk")
+    ev.add_argument("--conv", choices=("auto", "dense"), default="auto",
+                    help="auto: on the CPU, a conv layer whose input spikes are sparse (< 10 %% nonzero) runs "
+                         "event-driven, each spike adding its weights (work ∝ spikes); dense: always the dense "
+                         "convolution. Same Eq. 1, different float rounding order")
     ev.add_argument("--early-exit", type=_positive_int, metavar="K",
                     help="stop each image once its prediction has been the same for K steps: a different "
                          "readout, reported with the mean stop step and the work saved")

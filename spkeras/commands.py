@@ -73,9 +73,15 @@ def summary(result: EvaluationResult) -> str:
     table = format_table(["T", "SNN acc %", "agree w/ CNN %", "MOps/image"], rows)
     energy = result.energy_pj
     tail = (f"energy per image: SNN {energy['snn_per_image'] / 1e6:.2f} µJ vs CNN {energy['cnn_per_image'] / 1e6:.2f} µJ "
-            f"({energy['ac_pj']} pJ/AC, {energy['mac_pj']} pJ/MAC); SNN time {result.timings['snn_s']:.1f} s, "
-            f"peak memory {result.timings['peak_memory_mb']:.0f} MiB")
+            f"({energy['ac_pj']} pJ/AC, {energy['mac_pj']} pJ/MAC); SNN time {result.timings['snn_s']:.1f} s"
+            f"{_event_share(result.timings)}, peak memory {result.timings['peak_memory_mb']:.0f} MiB")
     return "\n".join([head, table, tail, *result.notes])
+
+
+def _event_share(timings: dict) -> str:
+    """How much of the conv work ran event-driven, for the summary line."""
+    share = timings.get("event_conv_share")
+    return "" if share is None else f" ({share:.0%} of conv-layer calls event-driven)"
 
 
 def run_evaluate(args) -> int:
@@ -84,7 +90,7 @@ def run_evaluate(args) -> int:
     model = model_argument(args)
     result = api.evaluate(model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
                           args.readout, args.device, args.seed, args.batch_size, args.calib_n, args.checkpoints,
-                          args.chunk, args.early_exit, **method_overrides(args))
+                          args.chunk, args.early_exit, args.conv, **method_overrides(args))
     if model is not args.model:
         result.model = str(args.model)
     if distributed.world(args.device)[0] != 0:

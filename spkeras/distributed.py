@@ -58,8 +58,14 @@ def merge(record: SimulationRecord, n: int, size: int) -> SimulationRecord:
     """The record of the whole image set from every rank's record."""
     seconds = torch.tensor([record.seconds], dtype=torch.float64)
     dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    share = record.event_conv_share
+    if share is not None:
+        share_sum = torch.tensor([share], dtype=torch.float64)
+        dist.all_reduce(share_sum)
+        share = float(share_sum) / size
     return dataclasses.replace(
         record, predictions=gather_rows(record.predictions, n, size), spikes=summed(record.spikes),
         synops=summed(record.synops), neuron_counts=None, seconds=float(seconds),
         exit_steps=gather_rows(record.exit_steps, n, size) if record.exit_steps is not None else None,
+        event_conv_share=share,
     )

@@ -136,13 +136,15 @@ def default_checkpoints(timesteps: int) -> list[int]:
 
 
 def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
-            keep_neuron_counts=False, image_ids=None, chunk: int = 8, early_exit: int | None = None) -> SimulationRecord:
+            keep_neuron_counts=False, image_ids=None, chunk: int = 8, early_exit: int | None = None,
+            conv: str = "auto") -> SimulationRecord:
     """Run the network in the chosen mode; ``image_ids`` number the images (Poisson input)."""
     if early_exit is not None and mode != "simulate":
         raise ConfigError("early exit is a readout of the time-stepped simulation; use --mode simulate")
     if mode == "simulate":
         return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, chunk=chunk, device=device,
-                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids, early_exit=early_exit)
+                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids, early_exit=early_exit,
+                        conv=conv)
     if mode == "count":
         return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
                            batch_size=batch_size, device=device, seed=seed, image_ids=image_ids)

@@ -8,6 +8,7 @@ analog input and the layers it feeds before the first neuron) is computed once p
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from .encoding import make_encoder
 from .errors import ConfigError
+from .event_conv import EventConv, available as event_conv_available
 from .ir import Graph, Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_linear
@@ -25,6 +27,7 @@ from .snn import SpikingNetwork
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 SYNAPSES = ("conv2d", "dense")
 SILENT_ROWS_WORTH_SKIPPING = 0.1  # fraction of silent (image, step) rows above which a layer skips them
+CONV_KERNELS = ("auto", "dense")
 
 
 @dataclass
@@ -38,6 +41,10 @@ class SimulationRecord:
     ``mode``: ``simulate`` (time-stepped) or ``count`` (closed form).
     ``max_current``: the largest input current of the probed spike node in any step.
     ``exit_steps``: with early exit, the step after which each image stopped (T if it never did).
+    ``event_conv_share``: fraction of conv-layer calls on spikes that ran event-driven (None: none
+    could, or the run used dense convolutions only).
+    ``scores``: with ``keep_scores``, the output's cumulative readout S(t) (spike count or membrane
+    potential) after each step, before any readout delay, (T, N, classes).
     """
 
     mode: str
@@ -50,6 +57,8 @@ class SimulationRecord:
     seconds: float
     max_current: dict[str, float] | None = None
     exit_steps: torch.Tensor | None = None
+    event_conv_share: float | None = None
+    scores: torch.Tensor | None = None
 
 
 class _Value:
@@ -66,14 +75,17 @@ class _Value:
         return self.tensor
 
 
-def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, dense_rows: set) -> _Value:
+def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, dense_rows: set,
+            events: EventConv | None) -> _Value:
     """Apply a stateless layer to all steps of the chunk at once (or once, if constant).
 
     A layer whose input is silent for the whole chunk (deep layers in the first steps) outputs
     its bias at every step: that is computed once, exactly as the full layer would. The check
     is skipped (``may_be_silent=False``) once the input has been active in the batch: a silent
-    chunk then goes through the full layer, which gives the same values. Conv and dense layers
-    not named in ``dense_rows`` skip their silent (image, step) rows (:func:`_skip_silent_rows`).
+    chunk then goes through the full layer, which gives the same values. With ``events``, a conv
+    layer whose input is sparse enough runs event-driven (:mod:`spkeras.event_conv`); otherwise
+    conv and dense layers not named in ``dense_rows`` skip their silent (image, step) rows
+    (:func:`_skip_silent_rows`).
     """
     if all(v.constant for v in inputs):
         return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
@@ -82,7 +94,10 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, d
         out = apply_linear(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
-    if node.op in SYNAPSES and len(flat) == 1 and node.name not in dense_rows:
+    if node.op == "conv2d" and events is not None and events.worth_it(flat[0], node.params["weight"]):
+        out = events.conv2d(node.name, flat[0], node.params["weight"], node.params.get("bias"),
+                            node.attrs["padding"], node.attrs["stride"])
+    elif node.op in SYNAPSES and len(flat) == 1 and node.name not in dense_rows:
         out = _skip_silent_rows(node, flat[0], dense_rows)
     else:
         out = apply_linear(node, flat)
@@ -179,6 +194,8 @@ def simulate(
     keep_neuron_counts: bool | list[str] = False,
     probe: str | None = None,
     early_exit: int | None = None,
+    conv: str = "auto",
+    keep_scores: bool = False,
 ) -> SimulationRecord:
     """Simulate ``timesteps`` steps on channels-first images in [0, 1].
 
@@ -190,9 +207,15 @@ def simulate(
     ``early_exit=K`` stops each image once its prediction has been the same for K consecutive
     steps: later predictions repeat the one it stopped with, and its spikes and operations are
     counted only up to that step (a different readout from the full run).
+    ``conv='auto'`` runs a conv layer event-driven (each spike adds its weights, work ∝ spikes;
+    CPU, numba) whenever its input in a chunk is sparse enough, ``'dense'`` always uses the dense
+    convolution; both compute Eq. 1 and differ in float rounding only. ``keep_scores`` keeps
+    the output's cumulative readout after every step (see :class:`SimulationRecord`).
     """
-    if early_exit is not None and (early_exit < 1 or keep_neuron_counts or probe):
-        raise ConfigError("early exit needs K ≥ 1 and cannot keep per-neuron counts or probe currents")
+    if conv not in CONV_KERNELS:
+        raise ConfigError(f"conv must be one of {', '.join(CONV_KERNELS)}, got {conv!r}")
+    if early_exit is not None and (early_exit < 1 or keep_neuron_counts or probe or keep_scores):
+        raise ConfigError("early exit needs K ≥ 1 and cannot keep per-neuron counts, scores or probe currents")
     started = time.perf_counter()
     keep_freed_memory()
     readout = readout or net.method.readout
@@ -207,29 +230,34 @@ def simulate(
     kept = layers if keep_neuron_counts is True else list(keep_neuron_counts or [])
     counts = {name: [] for name in kept} if kept else None
     exit_steps = torch.full((n,), timesteps, dtype=torch.int64) if early_exit else None
+    kept_scores = [] if keep_scores else None
     largest = float("-inf")
+    events = EventConv() if conv == "auto" and event_conv_available() and torch.device(device).type == "cpu" else None
     for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
         batch = images[start : start + batch_size].to(device)
         result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
-                                 fanouts, layers, spikes, synops, probe, kept, early_exit)
+                                 fanouts, layers, spikes, synops, probe, kept, early_exit, events, keep_scores)
         largest = max(largest, result[2])
         if exit_steps is not None:
             exit_steps[start : start + batch.shape[0]] = result[3].cpu()
         predictions[:, start : start + batch.shape[0]] = result[0].cpu()
+        if kept_scores is not None:
+            kept_scores.append(result[4].cpu())
         if counts is not None:
             for name in counts:
                 counts[name].append(result[1][name].cpu())
     neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
     return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
                             synops.cumsum(0), neuron_counts, time.perf_counter() - started,
-                            {probe: largest} if probe else None, exit_steps)
+                            {probe: largest} if probe else None, exit_steps, events.share if events else None,
+                            torch.cat(kept_scores, 1) if kept_scores is not None else None)
 
 
 def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops,
-                    probe=None, kept=(), early_exit=None):
+                    probe=None, kept=(), early_exit=None, events=None, keep_scores=False):
     """One batch through all timesteps; accumulates spikes/synops in place, returns predictions,
-    the per-neuron totals of the ``kept`` layers and the output, the probe's largest current and
-    (with early exit) each image's exit step. Images that exit leave the batch at the end of
+    the per-neuron totals of the ``kept`` layers and the output, the probe's largest current,
+    (with early exit) each image's exit step and (with ``keep_scores``) the undelayed readout. Images that exit leave the batch at the end of
     the chunk."""
     encoder = make_encoder(batch, net.method, ids, seed)
     b = batch.shape[0]
@@ -242,6 +270,8 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
     totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype)
               for name in layers if name in kept or name == output}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
+    all_scores = torch.empty((timesteps, b, math.prod(graph.node(output).shape)), device=batch.device,
+                             dtype=batch.dtype) if keep_scores else None
     baseline = None
     last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
     consumers = Counter(name for node in graph.nodes for name in node.inputs)
@@ -260,7 +290,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
                 owned = consumers[node.inputs[0]] == 1 and node.inputs[0] not in layers
                 values[node.name] = _Value(neurons[node.name].run(inputs[0], steps, owned), False)
             else:
-                values[node.name] = _linear(node, inputs, steps, node.inputs[0] not in active, dense_rows)
+                values[node.name] = _linear(node, inputs, steps, node.inputs[0] not in active, dense_rows, events)
                 if not values[node.name].constant:
                     active.update(node.inputs)
             for name in node.inputs:  # free intermediate currents as soon as they are consumed
@@ -269,6 +299,8 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
         fires = neurons[output].fire
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
+        if all_scores is not None:
+            all_scores[t0 : t0 + steps] = scores.flatten(2)
         scores, baseline = _delayed(scores, baseline, t0, net.method.readout_delay)
         flat_scores = scores.flatten(2)
         chunk_predictions = flat_scores.argmax(dim=-1)
@@ -288,7 +320,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
             running = running[keep]
             baseline = _keep_rows(keep, neurons, encoder, totals, baseline, stopper)
     exits = stopper.exit_steps if stopper else None
-    return predictions, totals, neurons[probe].max_current if probe else float("-inf"), exits
+    return predictions, totals, neurons[probe].max_current if probe else float("-inf"), exits, all_scores
 
 
 class _EarlyExit:

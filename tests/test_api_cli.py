@@ -35,6 +35,24 @@ def test_api_evaluate_reports_every_timestep(ecc_net):
     assert result.spikes_per_layer[0]["layer"] == "input" and result.spikes_per_layer[0]["spikes_per_image"] > 0
 
 
+def test_event_driven_and_dense_convolutions_agree(ecc_net, monkeypatch):
+    """The demo's layers are too small to gain, so the default leaves them dense; with the size
+    bars lowered they run event-driven, and the result says so. Both compute the same layer, so
+    in float32 they may differ only by a rare rounding flip."""
+    import spkeras.event_conv as event_conv
+
+    assert spkeras.evaluate(ecc_net, DATA, timesteps=8, n=10).timings["event_conv_share"] == 0
+    monkeypatch.setattr(event_conv, "MIN_OUTPUT_CHANNELS", 1)
+    monkeypatch.setattr(event_conv, "MIN_WEIGHTS_PER_OUTPUT", 1)
+    auto = spkeras.evaluate(ecc_net, DATA, timesteps=24, n=40)
+    dense = spkeras.evaluate(ecc_net, DATA, timesteps=24, n=40, conv="dense")
+    assert 0 < auto.timings["event_conv_share"] <= 1 and auto.timings["conv"] == "auto"
+    assert dense.timings["event_conv_share"] is None and dense.timings["conv"] == "dense"
+    assert abs(auto.snn_accuracy[-1] - dense.snn_accuracy[-1]) <= 1 / 40
+    for a, d in zip(auto.spikes_per_layer, dense.spikes_per_layer):
+        assert a["spikes_per_image"] == pytest.approx(d["spikes_per_image"], rel=1e-3)
+
+
 def test_count_mode_fills_only_checkpoints(ecc_net):
     result = spkeras.evaluate(ecc_net, DATA, timesteps=24, n=40, mode="count", checkpoints=[6, 24])
     assert result.evaluated_timesteps == [6, 24]

@@ -323,6 +323,10 @@ def test_cli_alpha_bits_rounding_override_the_preset():
             get_method(args.method, **method_overrides(args))
     with pytest.raises(SystemExit):
         build_parser().parse_args(["convert", "m.keras", "-o", "x.snn", "--rounding", "floor"])
+    for flags, expected in ((["--readout-delay", "0"], (0, 0.0)), (["--readout-delay-fraction", "0.5"], (0, 0.5))):
+        args = build_parser().parse_args(["convert", "m.keras", "-o", "x.snn", "--method", "ecc+", *flags])
+        method = get_method(args.method, **method_overrides(args))
+        assert (method.readout_delay, method.readout_delay_fraction) == expected
 
 
 def test_cli_convert_with_alpha_and_bits(tmp_path, capsys):
@@ -352,9 +356,49 @@ def test_ecc_plus_is_ecc_with_the_low_latency_switches():
 
     ecc, plus = get_method("ecc"), get_method("ecc+")
     changed = {k for k, v in plus.to_dict().items() if v != ecc.to_dict()[k]}
-    assert changed == {"name", "citation", "tre", "spiking_pools", "readout", "readout_delay_fraction",
+    assert changed == {"name", "citation", "tre", "spiking_pools", "readout", "delay_calibration_images",
                        "rate_calibration", "rate_calibration_images", "potential_share"}
     assert plus.tre == "initial" and not plus.spiking_pools and plus.readout == "potential"
+
+
+@pytest.mark.parametrize("readout", ["potential", "spikes"])
+def test_scores_give_every_delayed_readout(readout):
+    """S(t) kept by the simulator gives, for any delay K, what a run with readout delay K predicts."""
+    from spkeras.methods.readout_calibration import delayed_predictions
+    from spkeras.simulate import simulate
+
+    cnn, images = chain_and_images()
+    timesteps = 12
+    net = convert(cnn, images, get_method("ecc", readout=readout, tre="initial"), timesteps)
+    scores = simulate(net, images, timesteps, keep_scores=True, chunk=5).scores
+    assert scores.shape == (timesteps, len(images), net.graph.node(net.graph.output).shape[0])
+    assert torch.equal(scores.argmax(-1), simulate(net, images, timesteps).predictions)
+    for delay in (0, 1, 5, 11):
+        net.method = net.method.with_options(readout_delay=delay)
+        assert torch.equal(delayed_predictions(scores, delay), simulate(net, images, timesteps).predictions[-1])
+
+
+def test_readout_delay_is_chosen_by_agreement_on_calibration_images():
+    """The chosen fraction has the best agreement with the CNN among all candidates, each run
+    separately with its own delay (ties: the shortest); an explicit delay switches the choice off."""
+    from spkeras.methods.readout_calibration import DELAY_FRACTIONS, calibrate_readout_delay
+    from spkeras.ops import run_graph
+    from spkeras.simulate import simulate
+
+    cnn, images = chain_and_images(n=60)
+    timesteps = 16
+    net = convert(cnn, images, get_method("ecc+", rate_calibration=0, delay_calibration_images=0), timesteps)
+    cnn_predictions = run_graph(net.cnn, images).argmax(1)
+    agreement = {}
+    for fraction in DELAY_FRACTIONS:
+        net.method = net.method.with_options(readout_delay=int(fraction * timesteps))
+        agreement[fraction] = int((simulate(net, images, timesteps).predictions[-1] == cnn_predictions).sum())
+    assert len(set(agreement.values())) > 1, "every delay agrees equally: the test cannot tell them apart"
+    chosen = calibrate_readout_delay(net, images).method
+    best = min(f for f in DELAY_FRACTIONS if agreement[f] == max(agreement.values()))
+    assert (chosen.readout_delay_fraction, chosen.readout_delay) == (best, int(best * timesteps))
+    converted_net = convert(cnn, images, get_method("ecc+", rate_calibration=0, delay_calibration_images=60), timesteps)
+    assert converted_net.method.readout_delay == int(best * timesteps)
 
 
 def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
@@ -365,7 +409,14 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     timesteps = 16
     plain = convert(cnn, calib, get_method("ecc+", rate_calibration=0), timesteps)
     tuned = convert(cnn, calib, get_method("ecc+"), timesteps)
-    assert tuned.method.readout_delay == int(timesteps * 3 / 8)
+    assert tuned.method.readout_delay == int(timesteps * tuned.method.readout_delay_fraction)
+    explicit = get_method("ecc+", readout_delay=0)
+    assert (explicit.readout_delay, explicit.readout_delay_fraction, explicit.delay_calibration_images) == (0, 0, 0), \
+        "a delay in steps replaces the preset's choice"
+    assert convert(cnn, calib, get_method("ecc+", readout_delay=3, rate_calibration=0), timesteps).method.readout_delay == 3
+    assert get_method("ecc+", readout_delay_fraction=0.5).readout_delay_fraction == 0.5
+    with pytest.raises(ConfigError, match="not both"):
+        get_method("ecc+", readout_delay=2, readout_delay_fraction=0.5)
     images = calib[: tuned.method.rate_calibration_images]
     targets = rate_model_means(plain, images)
 

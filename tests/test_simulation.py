@@ -18,6 +18,7 @@ from helpers import one_thread  # noqa: E402,F401  (autouse fixture)
 
 from spkeras.closed_form import closed_form  # noqa: E402
 from spkeras.encoding import bernoulli_uniforms  # noqa: E402
+from spkeras.errors import ConfigError  # noqa: E402
 from spkeras.ir import Graph, Node  # noqa: E402
 from spkeras.methods import get_method  # noqa: E402
 from spkeras.methods.framework import convert  # noqa: E402
@@ -180,20 +181,21 @@ CONFIGS = [
 RUNS = [(1, 6), (3, 4), (8, 1), (8, 5), (50, 2)]
 
 
-def assert_same_as_reference(net, images, readout=None, seed=0, runs=RUNS, expect_activity=True):
+def assert_same_as_reference(net, images, readout=None, seed=0, runs=RUNS, expect_activity=True, conv="auto"):
     predictions, per_step, counts, _ = reference(net, images, T, readout=readout, seed=seed)
     if expect_activity:
         hidden = [k for k, name in enumerate(counts) if name not in (net.graph.input.name, net.graph.output)]
         assert all(per_step[:, k].sum() > 0 for k in hidden), "a hidden layer never fired: the comparison is weak"
     for chunk, batch in runs:
         record = simulate(net, images, T, readout=readout, batch_size=batch, chunk=chunk, seed=seed,
-                          keep_neuron_counts=True)
+                          keep_neuron_counts=True, conv=conv)
         assert record.steps == list(range(1, T + 1))
         assert record.layers == list(counts)
         assert torch.equal(record.predictions, predictions), f"predictions differ (chunk {chunk}, batch {batch})"
         assert torch.equal(record.spikes, per_step.cumsum(0)), f"layer spikes differ (chunk {chunk}, batch {batch})"
         for name, expected in counts.items():
             assert torch.equal(record.neuron_counts[name].double(), expected), f"{name} counts differ"
+    return record
 
 
 # ------------------------------------------------------------------ 1. simulator = naive reference
@@ -237,12 +239,28 @@ def test_rows_without_spikes_are_skipped_exactly(monkeypatch):
         return out
 
     monkeypatch.setattr(simulate_module, "apply_linear", recording)
-    assert_same_as_reference(net, images, runs=[(3, images.shape[0])])
+    assert_same_as_reference(net, images, runs=[(3, images.shape[0])], conv="dense")
     assert any(compacted), "no layer skipped silent rows: the test does not exercise the compacted path"
     rows = images.clone()
     rows[::2] = 0
     conv = net.graph.nodes_of("conv2d")[0]
     assert torch.equal(simulate_module._skip_silent_rows(conv, rows, set()), full_layer(conv, [rows]))
+
+
+@pytest.mark.parametrize("kind,preset", [("chain", "ecc"), ("residual", "ecc"), ("chain", "ecc+")])
+def test_event_driven_convolution_matches_reference(monkeypatch, kind, preset):
+    """Every conv layer run event-driven (density bar raised above 1, size bars lowered): spikes,
+    counts and predictions still equal the naive reference's; with ``conv='dense'`` none is."""
+    import spkeras.event_conv as event_conv
+
+    net, images = converted(kind, preset)
+    for bar, value in (("DENSITY_WORTH_SCATTERING", 1.01), ("MIN_OUTPUT_CHANNELS", 1), ("MIN_WEIGHTS_PER_OUTPUT", 1)):
+        monkeypatch.setattr(event_conv, bar, value)
+    record = assert_same_as_reference(net, images, runs=[(3, 4), (8, 6)])
+    assert record.event_conv_share == 1.0
+    assert simulate(net, images, 4, conv="dense").event_conv_share is None
+    with pytest.raises(ConfigError, match="conv must be one of auto, dense"):
+        simulate(net, images, 4, conv="sparse")
 
 
 def test_reference_is_not_trivial():

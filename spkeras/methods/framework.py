@@ -26,6 +26,7 @@ from ..quantise import quantise
 from ..snn import SpikingNetwork
 from . import ecc
 from .rate_calibration import calibrate_rates
+from .readout_calibration import calibrate_readout_delay
 from .settings import Method
 
 POOL_OPS = ("avgpool", "global_avgpool")
@@ -55,7 +56,8 @@ def convert(
     """
     if timesteps < 1:
         raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
-    if calibration is None and (method.statistic == "spikenorm" or method.rate_calibration):
+    if calibration is None and (method.statistic == "spikenorm" or method.rate_calibration
+                                or method.delay_calibration_images):
         raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
     graph, spike_lambdas, reference = prepare(cnn, calibration, method, batch_size, device)
     net = build(graph, spike_lambdas, method, timesteps, reference)
@@ -63,6 +65,8 @@ def convert(
         net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
     if method.rate_calibration:
         net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration, device)
+    if method.delay_calibration_images:
+        net = calibrate_readout_delay(net, calibration[: method.delay_calibration_images], device)
     return net
 
 

@@ -39,6 +39,8 @@ class Method:
     readout: the output layer's spike count, or its membrane potential (non-firing).
     readout_delay: read only what the output accumulates after this many steps (0: all).
     readout_delay_fraction: at conversion for T steps, sets readout_delay = ⌊fraction·T⌋.
+    delay_calibration_images: at conversion, choose the readout delay fraction that agrees best
+        with the CNN on this many calibration images (0: off; it replaces readout_delay_fraction).
     bits, rounding: b-bit signed fixed-point weights and integer thresholds (section 4.4).
     spikenorm_timesteps, spikenorm_images: the calibration simulation of ``spikenorm``.
     rate_calibration, rate_calibration_images: rounds of per-channel rate correction towards the
@@ -65,6 +67,7 @@ class Method:
     readout: str = "spikes"
     readout_delay: int = 0
     readout_delay_fraction: float = 0.0
+    delay_calibration_images: int = 0
     bits: int | None = None
     rounding: str = "trunc"
     spikenorm_timesteps: int = 64
@@ -89,6 +92,8 @@ class Method:
             raise ConfigError(f"readout_delay must be ≥ 0, got {self.readout_delay}")
         if not 0 <= self.potential_share <= 1:
             raise ConfigError(f"potential_share must be in [0, 1], got {self.potential_share}")
+        if self.delay_calibration_images < 0:
+            raise ConfigError(f"delay_calibration_images must be ≥ 0, got {self.delay_calibration_images}")
         if self.rate_calibration < 0:
             raise ConfigError(f"rate_calibration must be ≥ 0, got {self.rate_calibration}")
         for field in ("kappa", "kappa0", "threshold_scale", "spikenorm_timesteps", "spikenorm_images",

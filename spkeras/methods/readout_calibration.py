@@ -1,0 +1,45 @@
+"""Readout delay chosen on calibration images (no retraining, no test images).
+
+A delayed readout ignores what the output accumulates in the first K steps, while the layers
+below are still filling: the prediction after T steps is argmax_c (S_c(T) − S_c(K)), where S(t)
+is the output's cumulative readout (spike count, or membrane potential). How long the transient
+lasts depends on the network's depth and on T, so instead of one fixed fraction for every
+network, conversion simulates calibration images once, keeping S(t), and picks the fraction
+f ∈ ``DELAY_FRACTIONS`` (K = ⌊f·T⌋) whose readout agrees most often with the CNN's predictions;
+a tie goes to the shorter delay.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops import run_graph
+from ..snn import SpikingNetwork
+
+DELAY_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
+
+
+def delayed_predictions(scores: torch.Tensor, delay: int) -> torch.Tensor:
+    """argmax_c (S_c(T) − S_c(K)) for cumulative readouts ``scores`` (T, N, classes), S(0) = 0."""
+    final = scores[-1] - scores[delay - 1] if delay else scores[-1]
+    return final.argmax(dim=-1)
+
+
+def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: str = "cpu") -> SpikingNetwork:
+    """Set the network's readout delay to the fraction of T that best agrees with the CNN on
+    ``images`` (see the module docstring); returns the network, changed in place."""
+    from ..simulate import simulate
+
+    steps = net.timesteps
+    net.method = net.method.with_options(readout_delay=0, readout_delay_fraction=0.0)
+    scores = simulate(net, images, steps, device=device, keep_scores=True).scores
+    with torch.no_grad():
+        cnn = torch.cat([run_graph(net.cnn.to(device), images[i : i + 100].to(device)).argmax(1).cpu()
+                         for i in range(0, len(images), 100)])
+
+    def agreement(fraction: float) -> int:
+        return int((delayed_predictions(scores, int(fraction * steps)) == cnn).sum())
+
+    best = max(DELAY_FRACTIONS, key=lambda f: (agreement(f), -f))
+    net.method = net.method.with_options(readout_delay=int(best * steps), readout_delay_fraction=best)
+    return net
