@@ -23,8 +23,7 @@ from spkeras import api
 from spkeras.evaluate import checked_images
 from spkeras.importers import load_model
 from spkeras.methods import get_method
-from spkeras.methods.framework import build, prepare
-from spkeras.methods.rate_calibration import calibrate_rates
+from spkeras.methods.framework import build, calibrate_after_conversion, prepare
 from spkeras.ops import run_graph
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate
@@ -42,22 +41,20 @@ def main() -> None:
     held = checked_images(api.as_dataset((archive["x"][HELD_OUT], archive["y"][HELD_OUT])), cnn)
     labels = torch.as_tensor(archive["y"][HELD_OUT]).long().flatten()
     calibration = checked_images(api.as_dataset((archive["x"][:2000], archive["y"][:2000])), cnn)
-    base = get_method("ecc+")
-    graph, lambdas, reference = prepare(cnn, calibration, base)
+    graph, lambdas, reference = prepare(cnn, calibration, get_method("ecc+"))
     with torch.no_grad():
         cnn_predictions = torch.cat([run_graph(reference, held[i:i + 100]).argmax(1) for i in range(0, len(held), 100)])
 
     def converted(method, steps):
-        return calibrate_rates(build(graph, lambdas, method, steps, reference),
-                               calibration[: method.rate_calibration_images], method.rate_calibration)
+        return calibrate_after_conversion(build(graph, lambdas, method, steps, reference), calibration)
 
     for steps in timesteps:
         shared_net = None
         for value in values:
             started = time.time()
-            method = base.with_options(**{switch: value})
+            method = get_method("ecc+", **{switch: value})
             if switch in READOUT_ONLY:
-                shared_net = shared_net or converted(base, steps)
+                shared_net = shared_net or converted(method, steps)
                 net = shared_net
                 net.method = build(graph, lambdas, method, steps, reference).method
             else:

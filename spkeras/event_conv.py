@@ -87,9 +87,11 @@ class EventConv:
         self.calls = {"scatter": 0, "dense": 0}
 
     def worth_it(self, spikes: torch.Tensor, weight: torch.Tensor) -> bool:
-        """True for a layer of at least ``MIN_OUTPUT_CHANNELS`` outputs and ``MIN_WEIGHTS_PER_OUTPUT``
-        weights per output whose input has fewer than ``DENSITY_WORTH_SCATTERING`` nonzero entries."""
-        worth = (weight.shape[0] >= MIN_OUTPUT_CHANNELS and weight[0].numel() >= MIN_WEIGHTS_PER_OUTPUT
+        """True for a float32 or float64 layer of at least ``MIN_OUTPUT_CHANNELS`` outputs and
+        ``MIN_WEIGHTS_PER_OUTPUT`` weights per output whose input has fewer than
+        ``DENSITY_WORTH_SCATTERING`` nonzero entries."""
+        worth = (spikes.dtype in (torch.float32, torch.float64) and weight.dtype == spikes.dtype
+                 and weight.shape[0] >= MIN_OUTPUT_CHANNELS and weight[0].numel() >= MIN_WEIGHTS_PER_OUTPUT
                  and int(torch.count_nonzero(spikes)) < DENSITY_WORTH_SCATTERING * spikes.numel())
         self.calls["scatter" if worth else "dense"] += 1
         return worth
@@ -98,16 +100,16 @@ class EventConv:
                padding, stride) -> torch.Tensor:
         """The convolution of ``spikes`` with the node's (top, bottom, left, right) ``padding``."""
         if name not in self.layouts:
-            self.layouts[name] = weight.permute(1, 2, 3, 0).contiguous()
+            self.layouts[name] = weight.detach().permute(1, 2, 3, 0).contiguous()
         top, bottom, left, right = padding
         rows, _, height, width = spikes.shape
         kernel_h, kernel_w = weight.shape[2:]
         out_h = (height + top + bottom - kernel_h) // stride[0] + 1
         out_w = (width + left + right - kernel_w) // stride[1] + 1
         out = torch.empty((rows, weight.shape[0], out_h, out_w), dtype=spikes.dtype)
-        bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+        bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach()
         numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        _compiled(spikes.contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(), out.numpy(),
+        _compiled(spikes.detach().contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(), out.numpy(),
                   top, left, stride[0], stride[1])
         return out
 

@@ -63,5 +63,6 @@ def test_density_and_layer_size_decide_and_calls_are_counted():
     assert not events.worth_it(torch.ones(2, 32, 10, 10), large), "dense input"
     assert not events.worth_it(sparse, small), "too few output channels"
     assert not events.worth_it(sparse, torch.zeros(64, 16, 3, 3)), "too few weights per output"
-    assert events.share == 0.25
+    assert not events.worth_it(sparse.half(), large.half()), "numba kernel: float32 and float64 only"
+    assert events.share == 0.2
     assert EventConv().share is None

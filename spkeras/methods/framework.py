@@ -63,6 +63,14 @@ def convert(
     net = build(graph, spike_lambdas, method, timesteps, reference)
     if method.statistic == "spikenorm":
         net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
+    return calibrate_after_conversion(net, calibration, device)
+
+
+def calibrate_after_conversion(net: SpikingNetwork, calibration: torch.Tensor | None,
+                               device: str = "cpu") -> SpikingNetwork:
+    """The post-conversion calibrations the network's method asks for, in place: per-channel
+    rate correction, then the readout delay (both on the first calibration images)."""
+    method = net.method
     if method.rate_calibration:
         net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration, device)
     if method.delay_calibration_images:
