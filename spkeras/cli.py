@@ -197,9 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chunk", type=_positive_int, default=8,
                     help="timesteps per batch through the stateless layers (8): memory ∝ batch size × chunk")
     ev.add_argument("--conv", choices=("auto", "dense"), default="auto",
-                    help="auto: on the CPU, a conv layer whose input spikes are sparse (< 10 %% nonzero) runs "
-                         "event-driven, each spike adding its weights (work ∝ spikes); dense: always the dense "
-                         "convolution. Same Eq. 1, different float rounding order")
+                    help="auto: on the CPU, a conv layer (≥ 64 output channels) whose input spikes are sparse "
+                         "(< 10 %% nonzero) runs event-driven, each spike adding its weights (work ∝ spikes); "
+                         "dense: always the dense convolution. Same current (Eq. 3), different float rounding order")
     ev.add_argument("--early-exit", type=_positive_int, metavar="K",
                     help="stop each image once its prediction has been the same for K steps: a different "
                          "readout, reported with the mean stop step and the work saved")

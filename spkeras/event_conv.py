@@ -2,9 +2,10 @@
 it reaches, so the work is proportional to the spikes, not to the dense input.
 
 For input spikes s (rows, C, H, W), weights W (C_out, C, K_h, K_w) and bias b, the output is the
-same 2-D convolution as the dense layer (Eq. 1 applied to the spikes of one timestep),
+same 2-D convolution as the dense layer: the current Z(t) of Eq. 3 from one timestep's spikes,
 
-    Z[r, o, y', x'] = b[o] + Σ_{c, y, x : s[r, c, y, x] ≠ 0} s[r, c, y, x] · W[o, c, y + p_top − s_y·y', x + p_left − s_x·x']
+    Z[r, o, y', x'] = b[o] + Σ_{c, y, x : s[r, c, y, x] ≠ 0} s[r, c, y, x] · W[o, c, k_y, k_x],
+    k_y = y + p_top − s_y·y',  k_x = x + p_left − s_x·x'
 
 with the sum taken over the nonzero inputs only (in the order c, y, x) and terms outside the
 kernel left out. Between layers of a converted network only a few per cent of the inputs are
@@ -109,8 +110,8 @@ class EventConv:
         out = torch.empty((rows, weight.shape[0], out_h, out_w), dtype=spikes.dtype)
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach()
         numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        _compiled(spikes.detach().contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(), out.numpy(),
-                  top, left, stride[0], stride[1])
+        _compiled(spikes.detach().contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(),
+                  out.numpy(), top, left, stride[0], stride[1])
         return out
 
     @property

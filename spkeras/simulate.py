@@ -208,9 +208,10 @@ def simulate(
     steps: later predictions repeat the one it stopped with, and its spikes and operations are
     counted only up to that step (a different readout from the full run).
     ``conv='auto'`` runs a conv layer event-driven (each spike adds its weights, work ∝ spikes;
-    CPU, numba) whenever its input in a chunk is sparse enough, ``'dense'`` always uses the dense
-    convolution; both compute Eq. 1 and differ in float rounding only. ``keep_scores`` keeps
-    the output's cumulative readout after every step (see :class:`SimulationRecord`).
+    CPU, numba) whenever it is large and its input in a chunk sparse enough, ``'dense'`` always
+    uses the dense convolution; both compute the current Z(t) of Eq. 3 and differ in float
+    rounding only. ``keep_scores`` keeps the output's cumulative readout after every step (see
+    :class:`SimulationRecord`).
     """
     if conv not in CONV_KERNELS:
         raise ConfigError(f"conv must be one of {', '.join(CONV_KERNELS)}, got {conv!r}")
@@ -257,8 +258,8 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
                     probe=None, kept=(), early_exit=None, events=None, keep_scores=False):
     """One batch through all timesteps; accumulates spikes/synops in place, returns predictions,
     the per-neuron totals of the ``kept`` layers and the output, the probe's largest current,
-    (with early exit) each image's exit step and (with ``keep_scores``) the undelayed readout. Images that exit leave the batch at the end of
-    the chunk."""
+    (with early exit) each image's exit step and (with ``keep_scores``) the undelayed readout.
+    Images that exit leave the batch at the end of the chunk."""
     encoder = make_encoder(batch, net.method, ids, seed)
     b = batch.shape[0]
     output = graph.output

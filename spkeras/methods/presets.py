@@ -70,7 +70,7 @@ CAO2015 = Method(
 # (no spiking neurons after them), one round of per-channel rate correction towards the rate
 # model on 128 calibration images, half as bias and half as initial potential, and the output
 # read from its membrane potential accumulated after a delay chosen on 256 calibration images
-# (7T/8 for VGG-16 at T = 32-128).
+# (5T/8-7T/8 for VGG-16 at T = 32-128).
 ECC_PLUS = ECC.with_options(
     name="ecc+",
     citation="ECC (Wu, Yi & Huang) with low-latency switches chosen on held-out calibration images",
