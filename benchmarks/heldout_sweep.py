@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from spkeras import api
-from spkeras.evaluate import checked_images
+from spkeras.evaluate import checked_images, cnn_predictions
 from spkeras.importers import load_model
 from spkeras.methods import get_method
-from spkeras.methods.framework import build, calibrate_after_conversion, prepare
-from spkeras.ops import run_graph
+from spkeras.methods.framework import build, calibrate_after_conversion, method_for, prepare
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate
 
@@ -42,8 +41,7 @@ def main() -> None:
     labels = torch.as_tensor(archive["y"][HELD_OUT]).long().flatten()
     calibration = checked_images(api.as_dataset((archive["x"][:2000], archive["y"][:2000])), cnn)
     graph, lambdas, reference = prepare(cnn, calibration, get_method("ecc+"))
-    with torch.no_grad():
-        cnn_predictions = torch.cat([run_graph(reference, held[i:i + 100]).argmax(1) for i in range(0, len(held), 100)])
+    cnn = cnn_predictions(reference, held, 100, "cpu")
 
     def converted(method, steps):
         return calibrate_after_conversion(build(graph, lambdas, method, steps, reference), calibration)
@@ -56,7 +54,7 @@ def main() -> None:
             if switch in READOUT_ONLY:
                 shared_net = shared_net or converted(method, steps)
                 net = shared_net
-                net.method = build(graph, lambdas, method, steps, reference).method
+                net.method = method_for(method, steps)
             else:
                 net = converted(method, steps)
             converted_s = time.time() - started
@@ -64,7 +62,7 @@ def main() -> None:
             final = record.predictions[-1]
             print(json.dumps({
                 "T": steps, switch: value, "n": len(held),
-                "agree": round(float((final == cnn_predictions).double().mean()) * 100, 1),
+                "agree": round(float((final == cnn).double().mean()) * 100, 1),
                 "acc": round(float((final == labels).double().mean()) * 100, 1),
                 "mops": round(float(record.synops[-1].sum()) / len(held) / 1e6, 1),
                 "convert_s": round(converted_s), "sim_s": round(record.seconds),

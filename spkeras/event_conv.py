@@ -86,6 +86,7 @@ class EventConv:
     def __init__(self):
         self.layouts: dict[str, torch.Tensor] = {}
         self.calls = {"scatter": 0, "dense": 0}
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
     def worth_it(self, spikes: torch.Tensor, weight: torch.Tensor) -> bool:
         """True for a float32 or float64 layer of at least ``MIN_OUTPUT_CHANNELS`` outputs and
@@ -109,7 +110,6 @@ class EventConv:
         out_w = (width + left + right - kernel_w) // stride[1] + 1
         out = torch.empty((rows, weight.shape[0], out_h, out_w), dtype=spikes.dtype)
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach()
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
         _compiled(spikes.detach().contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(),
                   out.numpy(), top, left, stride[0], stride[1])
         return out

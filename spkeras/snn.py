@@ -28,8 +28,9 @@ class SpikingNetwork:
     """A converted network: the spiking graph, how it was made, and the CNN it came from.
 
     ``graph``: spike nodes carry threshold, reset, v_init and step_current (and, after rate
-    calibration, per-channel initial potentials); linear nodes carry normalised weights. ``lambdas``: λ of every spike node. ``timesteps``: the T it was converted
-    for (spread TRE depends on it). ``cnn``: the canonical CNN (BN folded with ε) for reference.
+    calibration, per-channel initial potentials); linear nodes carry normalised weights.
+    ``lambdas``: λ of every spike node. ``timesteps``: the T it was converted for (spread TRE
+    depends on it). ``cnn``: the canonical CNN (BN folded with ε) for reference.
     """
 
     graph: Graph

@@ -380,7 +380,8 @@ def test_scores_give_every_delayed_readout(readout):
 
 def test_readout_delay_is_chosen_by_agreement_on_calibration_images():
     """The chosen fraction has the best agreement with the CNN among all candidates, each run
-    separately with its own delay (ties: the shortest); an explicit delay switches the choice off."""
+    separately with its own delay (ties: the shortest), whatever delay the network had before;
+    conversion makes the same choice."""
     from spkeras.methods.readout_calibration import DELAY_FRACTIONS, calibrate_readout_delay
     from spkeras.ops import run_graph
     from spkeras.simulate import simulate

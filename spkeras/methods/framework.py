@@ -96,12 +96,18 @@ def build(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: in
     """Normalise a copy of the neuron-bearing graph for T steps (a fractional readout delay
     becomes a number of steps) and quantise it if asked (section 4.4)."""
     graph = graph.clone()
-    if method.readout_delay_fraction:
-        method = method.with_options(readout_delay=int(method.readout_delay_fraction * timesteps))
+    method = method_for(method, timesteps)
     normalise(graph, lambdas, method, timesteps)
     if method.bits is not None:
         quantise(graph, method.bits, method.rounding)
     return SpikingNetwork(graph=graph, method=method, timesteps=timesteps, lambdas=dict(lambdas), cnn=cnn)
+
+
+def method_for(method: Method, timesteps: int) -> Method:
+    """The method for a T-step network: a fractional readout delay becomes ⌊fraction·T⌋ steps."""
+    if method.readout_delay_fraction:
+        return method.with_options(readout_delay=int(method.readout_delay_fraction * timesteps))
+    return method
 
 
 def site_lambdas(graph, sites, calibration, method: Method, batch_size: int, device: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ops import run_graph
+from ..evaluate import cnn_predictions
 from ..snn import SpikingNetwork
 
 DELAY_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
@@ -31,11 +31,8 @@ def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: s
     from ..simulate import simulate
 
     steps = net.timesteps
-    net.method = net.method.with_options(readout_delay=0, readout_delay_fraction=0.0)
-    scores = simulate(net, images, steps, device=device, keep_scores=True).scores
-    with torch.no_grad():
-        cnn = torch.cat([run_graph(net.cnn.to(device), images[i : i + 100].to(device)).argmax(1).cpu()
-                         for i in range(0, len(images), 100)])
+    scores = simulate(net, images, steps, device=device, keep_scores=True).scores  # S(t) before any delay
+    cnn = cnn_predictions(net.cnn.to(device), images, 100, device)
 
     def agreement(fraction: float) -> int:
         return int((delayed_predictions(scores, int(fraction * steps)) == cnn).sum())
