@@ -7,8 +7,10 @@ becomes ecc+'s). One JSON line per (T, value).
     python benchmarks/heldout_sweep.py potential_share '[32, 64]' '[0, 0.25, 0.5, 0.75, 1.0]'
     python benchmarks/heldout_sweep.py readout_delay_fraction '[32, 64]' '[0.375, 0.5, 0.75, 0.875]'
 
-A switch that acts only at readout (``readout_delay_fraction``) reuses one converted network per
-T; any other switch converts and calibrates afresh for each value.
+Conversion goes through the one conversion path: λ is prepared once
+(:func:`spkeras.methods.framework.prepare`), and ``network(T, method)`` runs every T-dependent
+step the method asks for (Spike-Norm, rate and delay calibration included). A switch that acts
+only at readout (``readout_delay_fraction``) reuses one converted network per T.
 """
 
 import json
@@ -23,7 +25,7 @@ from spkeras import api
 from spkeras.evaluate import checked_images, cnn_predictions
 from spkeras.importers import load_model
 from spkeras.methods import get_method
-from spkeras.methods.framework import build, calibrate_after_conversion, method_for, prepare
+from spkeras.methods.framework import method_for, prepare
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate
 
@@ -40,11 +42,8 @@ def main() -> None:
     held = checked_images(api.as_dataset((archive["x"][HELD_OUT], archive["y"][HELD_OUT])), cnn)
     labels = torch.as_tensor(archive["y"][HELD_OUT]).long().flatten()
     calibration = checked_images(api.as_dataset((archive["x"][:2000], archive["y"][:2000])), cnn)
-    graph, lambdas, reference = prepare(cnn, calibration, get_method("ecc+"))
-    cnn = cnn_predictions(reference, held, 100, "cpu")
-
-    def converted(method, steps):
-        return calibrate_after_conversion(build(graph, lambdas, method, steps, reference), calibration)
+    prepared = prepare(cnn, calibration, get_method("ecc+"))
+    cnn = cnn_predictions(prepared.reference, held, 100, "cpu")
 
     for steps in timesteps:
         shared_net = None
@@ -52,11 +51,11 @@ def main() -> None:
             started = time.time()
             method = get_method("ecc+", **{switch: value})
             if switch in READOUT_ONLY:
-                shared_net = shared_net or converted(method, steps)
+                shared_net = shared_net or prepared.network(steps, method)
                 net = shared_net
                 net.method = method_for(method, steps)
             else:
-                net = converted(method, steps)
+                net = prepared.network(steps, method)
             converted_s = time.time() - started
             record = simulate(net, held, steps)
             final = record.predictions[-1]

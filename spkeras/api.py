@@ -16,7 +16,9 @@ from .evaluate import (MODES, EvaluationResult, checked_images, cnn_predictions,
                        run_snn, summarise)
 from .ir import Graph
 from .methods import get_method
-from .methods.framework import convert as convert_graph
+from .methods.framework import PreparedConversion, prepare as prepare_graph
+from .progress import announce
+from .simulate import RunOptions
 from .snn import SpikingNetwork, load_snn
 
 DEFAULT_CALIB_N = 2000
@@ -61,12 +63,15 @@ def check_device(device: str) -> str:
     return device
 
 
-def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, calib_n: int | None = DEFAULT_CALIB_N,
-            batch_size: int = 100, device: str = "cpu", **options) -> SpikingNetwork:
-    """Convert a CNN (path, keras.Model or Graph) into a SpikingNetwork.
+def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = DEFAULT_CALIB_N, batch_size: int = 100,
+            device: str = "cpu", **options) -> PreparedConversion:
+    """The T-independent part of converting a CNN (path, keras.Model or Graph): import, passes
+    and λ. ``.network(T)`` then gives the spiking network for any T, running every T-dependent
+    step (build, Spike-Norm, rate and delay calibration, quantisation) in one place.
 
-    ``method`` names a preset (``ecc``, ``rueckauer2017``, …); ``options`` override its switches
-    (e.g. ``tre='initial'``, ``eta=0.6``). λ comes from the first ``calib_n`` calibration images.
+    ``method`` names a preset (``ecc``, ``ecc+``, ``rueckauer2017``, …); ``options`` override its
+    switches (e.g. ``tre='initial'``, ``eta=0.6``). λ and the calibrations use the first
+    ``calib_n`` calibration images (None: all).
     """
     graph = load_model(model)
     if isinstance(graph, SpikingNetwork):
@@ -76,7 +81,14 @@ def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, 
     if calibration is not None:
         dataset = as_dataset(calibration)
         images = checked_images(dataset.take(min(calib_n, len(dataset))) if calib_n else dataset, graph)
-    return convert_graph(graph, images, preset, timesteps, batch_size, check_device(device))
+    return prepare_graph(graph, images, preset, batch_size=batch_size, device=check_device(device))
+
+
+def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, calib_n: int | None = DEFAULT_CALIB_N,
+            batch_size: int = 100, device: str = "cpu", **options) -> SpikingNetwork:
+    """Convert a CNN (path, keras.Model or Graph) into a SpikingNetwork for T steps:
+    ``prepare(model, calibration, method, …).network(timesteps)`` (see :func:`prepare`)."""
+    return prepare(model, calibration, method, calib_n, batch_size, device, **options).network(timesteps)
 
 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
@@ -105,8 +117,11 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     if isinstance(loaded, SpikingNetwork) and any(v is not None for v in options.values()):
         raise ConfigError("method switches apply at conversion, and this network is already converted (.snn); "
                           "convert the CNN again with them")
-    net = loaded if isinstance(loaded, SpikingNetwork) else convert(
-        loaded, calibration, method, timesteps, calib_n, batch_size, device, **options)
+    if isinstance(loaded, SpikingNetwork):
+        net = loaded
+    else:  # a readout asked for at run time is also the one the conversion calibrates for
+        net = convert(loaded, calibration=calibration, method=method, timesteps=timesteps, calib_n=calib_n,
+                      batch_size=batch_size, device=device, **{"readout": readout, **options})
     converted = time.perf_counter()
     images, labels = images_and_labels(dataset, net.cnn)
     rank, size = distributed.world(device)
@@ -114,8 +129,10 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     cnn_pred = cnn_predictions(net.to(device).cnn, images[start:stop], batch_size, device)
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
-    record = run_snn(net, images[start:stop], timesteps, mode, readout, batch_size, device, seed, checkpoints,
-                     image_ids=torch.arange(start, stop), chunk=chunk, early_exit=early_exit, conv=conv)
+    run = RunOptions(timesteps=timesteps, readout=readout, batch_size=batch_size, chunk=chunk, device=device, seed=seed,
+                     conv=conv, early_exit=early_exit)
+    announce(f"simulating {stop - start} images ({mode}, T={timesteps})")
+    record = run_snn(net, images[start:stop], run, mode, checkpoints, image_ids=torch.arange(start, stop))
     if size > 1:
         record = distributed.merge(record, len(dataset), size)
         cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
@@ -126,8 +143,9 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
         notes.append(f"early exit: each image stopped once its prediction was stable for {early_exit} steps "
                      f"(mean stop at step {fields['early_exit']['mean_exit_step']:.1f} of {timesteps}); "
                      "accuracy and operations are those of this readout")
-    if net.method.tre == "spread" and timesteps != net.timesteps:
-        notes.append(f"spread TRE was set for T={net.timesteps}; the run lasted {timesteps} steps")
+    if net.method.depends_on_timesteps and timesteps != net.timesteps:
+        notes.append(f"the network was made for T={net.timesteps} (its method depends on T); "
+                     f"the run lasted {timesteps} steps")
     return EvaluationResult(
         method=net.method.name, mode=mode, timesteps=timesteps, n=len(dataset), readout=readout,
         cnn_accuracy=float((cnn_pred == labels).double().mean()),

@@ -28,10 +28,11 @@ class _SiteStatistic:
         self.positives = 0
 
     def update(self, activations: torch.Tensor) -> None:
-        flat = activations.detach().flatten().float()
-        self.maximum = max(self.maximum, float(flat.max()))
+        # max before the float32 cast equals max after it (rounding is monotonic), without copying
+        self.maximum = max(self.maximum, float(activations.detach().max().float()))
         if self.percentile is None:
             return
+        flat = activations.detach().flatten().float()
         positive = flat[flat > 0]
         self.positives += positive.numel()
         merged = torch.cat([self.top, positive.cpu()])

@@ -12,7 +12,8 @@ import warnings
 
 from .errors import SpkerasError
 from .methods import PRESETS
-from .methods.settings import CHOICES
+from . import options
+from .method import CHOICES
 
 EPILOG = "Methods: " + "; ".join(f"{name}: {m.citation}" for name, m in PRESETS.items())
 
@@ -49,60 +50,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"spkeras: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"must be on or off, got {text}")
-    return text == "on"
-
-
 def add_method_options(parser: argparse.ArgumentParser) -> None:
-    """The preset and every switch of the conversion framework."""
-    group = parser.add_argument_group("conversion method (a preset, then switches that override it)")
-    group.add_argument("--method", default="ecc", choices=sorted(PRESETS), help="preset (default: ecc)")
-    group.add_argument("--tre", choices=CHOICES["tre"], help="TRE (Eq. 9): spread over T, initial potential, off")
-    group.add_argument("--eta", type=float, help="TRE η in [0, 1) (ecc: 0.5)")
-    group.add_argument("--kappa", type=float, help="CN current amplification κ (ecc: 100)")
-    group.add_argument("--cn", type=_on_off, metavar="on|off", help="current normalisation: V_thr = κ (on) or 1 (off)")
-    group.add_argument("--cmb", type=_on_off, metavar="on|off", help="fold BN with its ε (on) or without (off)")
-    group.add_argument("--statistic", choices=CHOICES["statistic"],
-                       help="λ: max activation, percentile, model (bound from the weights), none, spikenorm")
-    group.add_argument("--percentile", type=float, help="percentile for --statistic percentile (99.9)")
-    group.add_argument("--reset", choices=CHOICES["reset"], help="reset by subtraction or to zero")
-    group.add_argument("--encoding", choices=CHOICES["encoding"], help="input: analog current, Algorithm 1, Poisson")
-    group.add_argument("--kappa0", type=float, help="Algorithm 1 input threshold κ₀ (100)")
-    group.add_argument("--spiking-pools", type=_on_off, metavar="on|off", help="spiking neurons after average pooling")
-    group.add_argument("--alpha", type=float, dest="threshold_scale",
-                       help="threshold scale α: every V_thr × α after normalisation, weights kept (RMP: 0.8, 0.9)")
-    group.add_argument("--bits", type=int, help="b-bit signed fixed-point weights and integer thresholds (2..32)")
-    group.add_argument("--rounding", choices=CHOICES["rounding"], help="--bits rounding: nearest or trunc (default)")
-    group.add_argument("--readout-delay", type=int, metavar="K",
-                       help="read only what the output accumulates after step K (0: from the start); "
-                            "replaces a preset's choice (ecc+ chooses it on calibration images)")
-    group.add_argument("--readout-delay-fraction", type=float, metavar="F",
-                       help="readout delay as a fraction of T: K = ⌊F·T⌋, F in [0, 1)")
-    group.add_argument("--delay-calibration", type=int, metavar="N", dest="delay_calibration_images",
-                       help="choose the readout delay (a fraction of T) that agrees best with the CNN on N "
-                            "calibration images (0: off; ecc+: 256)")
-    group.add_argument("--rate-calibration", type=int, metavar="ROUNDS",
-                       help="per-channel rate correction towards the rate model after T steps, layer by layer (0: off)")
-    group.add_argument("--potential-share", type=float, metavar="S",
-                       help="share in [0, 1] of each rate correction given as initial membrane potential, "
-                            "the rest as bias (0: all bias)")
+    """The preset, every switch of the conversion framework, and the calibration images."""
+    group = options.add_method_options(parser)
     group.add_argument("--calib", help="calibration images for λ (.npz, CIFAR or MNIST archive)")
     group.add_argument("--calib-n", type=_positive_int, default=2000, help="use the first N calibration images (2000)")
-
-
-def method_overrides(args) -> dict:
-    return {
-        "tre": args.tre, "eta": args.eta, "kappa": args.kappa, "cn": args.cn, "cmb": args.cmb,
-        "statistic": args.statistic, "percentile": args.percentile, "reset": args.reset,
-        "encoding": args.encoding, "kappa0": args.kappa0, "spiking_pools": args.spiking_pools,
-        "threshold_scale": args.threshold_scale, "bits": args.bits, "rounding": args.rounding,
-        "rate_calibration": args.rate_calibration, "readout_delay": args.readout_delay,
-        "readout_delay_fraction": args.readout_delay_fraction,
-        "delay_calibration_images": args.delay_calibration_images,
-        "potential_share": args.potential_share,
-    }
 
 
 def add_conversion_options(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="layers, neurons, CNN operations (Eq. 13) and what will spike")
     info.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
-    info.add_argument("--spiking-pools", type=_on_off, default=True, metavar="on|off")
+    info.add_argument("--spiking-pools", type=options.on_off, default=True, metavar="on|off")
     info.add_argument("--json", help="also write the table as JSON")
     add_model_options(info)
 
@@ -191,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="evaluate the first N images (spell it --num-images under torchrun, whose parser takes --n)")
     ev.add_argument("--mode", choices=("simulate", "count"), default="simulate",
                     help="simulate: time-stepped IF dynamics; count: the closed-form spike-count estimate")
-    ev.add_argument("--readout", choices=CHOICES["readout"], help="output spike count (default) or membrane potential")
     ev.add_argument("--checkpoints", type=_int_list,
                     help="count mode: comma-separated t to evaluate (default: powers of two and T)")
     ev.add_argument("--chunk", type=_positive_int, default=8,

@@ -82,4 +82,5 @@ def closed_form(
                 per_neuron = observed[name].sum(0).flatten().double()
                 spikes[k, index] += float(per_neuron.sum())
                 synops[k, index] += float(per_neuron @ fanouts[name].double())
-    return SimulationRecord("count", layers, steps, predictions, spikes, synops, None, time.perf_counter() - started)
+    return SimulationRecord(mode="count", layers=layers, steps=steps, predictions=predictions, spikes=spikes,
+                            synops=synops, seconds=time.perf_counter() - started)

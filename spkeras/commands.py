@@ -6,22 +6,15 @@ from pathlib import Path
 
 from . import api, distributed
 from .atomic import write_json, write_text
+from .formatting import format_table
 from .evaluate import EvaluationResult, default_checkpoints
 from .ir import neurons
 from .methods.framework import spike_sites
 from .metrics import cnn_operations
+from .options import method_overrides
 from .passes import canonicalise
 from .plots import plot_curves
 from .snn import save_snn
-
-
-def format_table(header: list[str], rows: list[list]) -> str:
-    """A plain fixed-width text table."""
-    cells = [header] + [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def model_argument(args):
@@ -54,10 +47,8 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
-    from .cli import method_overrides
-
-    net = api.convert(model_argument(args), args.calib, args.method, args.timesteps, args.calib_n, args.batch_size,
-                      args.device, **method_overrides(args))
+    net = api.convert(model_argument(args), calibration=args.calib, method=args.method, timesteps=args.timesteps,
+                      calib_n=args.calib_n, batch_size=args.batch_size, device=args.device, **method_overrides(args))
     save_snn(net, args.output)
     print(f"wrote {args.output}: {net.method.name}, {len(net.spike_nodes)} spiking layers, made for T={net.timesteps}")
     return 0
@@ -85,12 +76,13 @@ def _event_share(timings: dict) -> str:
 
 
 def run_evaluate(args) -> int:
-    from .cli import method_overrides
-
     model = model_argument(args)
-    result = api.evaluate(model, args.data, args.calib, args.method, args.timesteps, args.n, args.mode,
-                          args.readout, args.device, args.seed, args.batch_size, args.calib_n, args.checkpoints,
-                          args.chunk, args.early_exit, args.conv, **method_overrides(args))
+    switches = method_overrides(args)
+    result = api.evaluate(model, data=args.data, calibration=args.calib, method=args.method, timesteps=args.timesteps,
+                          n=args.n, mode=args.mode, readout=switches.pop("readout"), device=args.device,
+                          seed=args.seed, batch_size=args.batch_size, calib_n=args.calib_n,
+                          checkpoints=args.checkpoints, chunk=args.chunk, early_exit=args.early_exit, conv=args.conv,
+                          **switches)
     if model is not args.model:
         result.model = str(args.model)
     if distributed.world(args.device)[0] != 0:
@@ -123,13 +115,12 @@ def run_export(args) -> int:
     """Convert (unless given a .snn) and write the spiking network as a NIR graph."""
     import sys
 
-    from .cli import method_overrides
     from .export.nir import write_nir
 
     loaded = api.load_model(model_argument(args))
     net = loaded if isinstance(loaded, api.SpikingNetwork) else api.convert(
-        loaded, args.calib, args.method, args.timesteps, args.calib_n, args.batch_size, args.device,
-        **method_overrides(args))
+        loaded, calibration=args.calib, method=args.method, timesteps=args.timesteps, calib_n=args.calib_n,
+        batch_size=args.batch_size, device=args.device, **method_overrides(args))
     for warning in write_nir(net, args.nir):
         print(f"spkeras: warning: {warning}", file=sys.stderr)
     print(f"wrote {args.nir}: NIR graph of {net.method.name}, {len(net.spike_nodes)} spiking layers, "

@@ -65,7 +65,7 @@ def merge(record: SimulationRecord, n: int, size: int) -> SimulationRecord:
         share = float(share_sum) / size
     return dataclasses.replace(
         record, predictions=gather_rows(record.predictions, n, size), spikes=summed(record.spikes),
-        synops=summed(record.synops), neuron_counts=None, seconds=float(seconds),
+        synops=summed(record.synops), seconds=float(seconds),
         exit_steps=gather_rows(record.exit_steps, n, size) if record.exit_steps is not None else None,
         event_conv_share=share,
     )

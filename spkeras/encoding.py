@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .methods.settings import Method
+from .method import Method
 
 _MASK = 0xFFFFFFFF
 

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .ir import Graph, neurons
 from .metrics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ, cnn_operations, energy_pj, fan_out
 from .ops import run_graph, to_channels_first
-from .simulate import SimulationRecord, simulate
+from .simulate import RunOptions, SimulationRecord, simulate
 from .snn import SpikingNetwork
 
 MODES = {
@@ -135,19 +135,19 @@ def default_checkpoints(timesteps: int) -> list[int]:
     return sorted({2 ** k for k in range(int(math.log2(timesteps)) + 1)} | {timesteps})
 
 
-def run_snn(net: SpikingNetwork, images, timesteps, mode, readout, batch_size, device, seed, checkpoints=None,
-            keep_neuron_counts=False, image_ids=None, chunk: int = 8, early_exit: int | None = None,
-            conv: str = "auto") -> SimulationRecord:
-    """Run the network in the chosen mode; ``image_ids`` number the images (Poisson input)."""
-    if early_exit is not None and mode != "simulate":
+def run_snn(net: SpikingNetwork, images, options: RunOptions, mode: str = "simulate", checkpoints=None,
+            image_ids=None) -> SimulationRecord:
+    """Run the network time-stepped (``simulate``) or in closed form (``count``, at ``checkpoints``:
+    default powers of two and T); both fill a :class:`SimulationRecord`. ``image_ids`` number the
+    images (Poisson input)."""
+    if options.early_exit is not None and mode != "simulate":
         raise ConfigError("early exit is a readout of the time-stepped simulation; use --mode simulate")
     if mode == "simulate":
-        return simulate(net, images, timesteps, readout=readout, batch_size=batch_size, chunk=chunk, device=device,
-                        seed=seed, keep_neuron_counts=keep_neuron_counts, image_ids=image_ids, early_exit=early_exit,
-                        conv=conv)
+        return simulate(net, images, options, image_ids=image_ids)
     if mode == "count":
-        return closed_form(net, images, checkpoints or default_checkpoints(timesteps), readout=readout,
-                           batch_size=batch_size, device=device, seed=seed, image_ids=image_ids)
+        return closed_form(net, images, checkpoints or default_checkpoints(options.timesteps), readout=options.readout,
+                           batch_size=options.batch_size, device=options.device, seed=options.seed,
+                           image_ids=image_ids)
     raise ConfigError(f"mode must be simulate or count, got {mode!r}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterable, TypeVar
 
 from tqdm.auto import tqdm
@@ -20,3 +21,9 @@ def set_quiet(quiet: bool) -> None:
 def progress_bar(items: Iterable[T], desc: str, unit: str = "it", total: int | None = None) -> Iterable[T]:
     """Wrap ``items`` in a tqdm bar on stderr unless progress is silenced."""
     return tqdm(items, desc=desc, unit=unit, total=total, disable=_quiet, leave=False, dynamic_ncols=True)
+
+
+def announce(phase: str) -> None:
+    """One labelled line on stderr saying which phase of a long job is running (unless quiet)."""
+    if not _quiet:
+        tqdm.write(phase, file=sys.stderr)

@@ -6,10 +6,11 @@ under ``OUT/cache`` (written atomically, keyed by a hash of everything that dete
 result: model, data and calibration file contents, n, calib-n, seed, device and every switch of
 the method). A rerun skips what is cached; an interrupted run loses only the run in progress.
 
-A network without spread TRE does not depend on T: it is simulated once, at the largest T any
-requested figure needs, and accuracy and MOps are read after every t of that one run. Spread
-TRE (Eq. 9) adds η·V_thr/T per step, so such a network (ECC) gets one conversion and one
-simulation per T. Calibration (λ) is computed once per model and λ statistic and reused across
+A network that does not depend on T (:attr:`spkeras.method.Method.depends_on_timesteps`) is
+simulated once, at the largest T any requested figure needs, and accuracy and MOps are read
+after every t of that one run. Spread TRE (Eq. 9) adds η·V_thr/T per step, and the calibrations
+simulate T steps, so such a network (ECC, ecc+) gets one conversion and one simulation per T.
+The T-independent preparation (λ) is made once per model and preparation key and reused across
 T and methods (:func:`spkeras.methods.framework.prepare`); simulations go through
 :func:`spkeras.api.evaluate`.
 """
@@ -29,14 +30,15 @@ import torch
 from . import __version__, api
 from .atomic import write_json, write_text
 from .errors import ConfigError
+from .formatting import format_table
 from .evaluate import MODES, checked_images, images_and_labels
 from .methods import get_method
-from .methods.framework import build, convert as convert_graph, prepare
-from .methods.settings import Method
+from .methods.framework import PreparedConversion, prepare
+from .method import Method
 from .ops import run_graph
 from .plots import BarPanel, Panel, plot_bars, plot_panels
 from .progress import progress_bar
-from .simulate import simulate
+from .simulate import NeuronCounts, RunOptions, simulate
 
 CACHE_VERSION = 1
 T_LIST = (32, 64, 128, 256, 512, 1024)      # Figures 3c–3e and 4
@@ -124,11 +126,6 @@ class Job:
     digest: str
 
 
-def spread(method: Method) -> bool:
-    """Whether the network depends on T (spread TRE, Eq. 9)."""
-    return method.tre == "spread"
-
-
 class Runner:
     """Plans, runs and caches the simulations behind the figures."""
 
@@ -139,7 +136,7 @@ class Runner:
         self.stats = {"needed": 0, "from_cache": 0, "simulated": 0}
         self._hashes: dict[str, str] = {}
         self._graphs: dict[str, object] = {}
-        self._prepared: dict[tuple, tuple] = {}
+        self._prepared: dict[tuple, PreparedConversion] = {}
         self._calibration = None
 
     # ------------------------------------------------------------------ identities and keys
@@ -160,7 +157,7 @@ class Runner:
         return self._hashes[path]
 
     def job(self, kind: str, model: str, method: Method, timesteps: int) -> Job:
-        depends = kind == "counts" or spread(method)
+        depends = kind == "counts" or method.depends_on_timesteps
         key = {
             "version": CACHE_VERSION, "kind": kind, "model": self.file_id(model), "data": self.file_id(self.s.data),
             "calib": self.file_id(self.s.calib), "calib_n": self.s.calib_n, "n": self.s.n, "seed": self.s.seed,
@@ -219,17 +216,14 @@ class Runner:
         return checked_images(self._calibration, graph)
 
     def network(self, model: str, method: Method, timesteps: int):
-        """The converted network; λ computed once per model and λ statistic, reused across T."""
+        """The converted network; the T-independent preparation (λ) is made once per model and
+        preparation key and reused across T and methods."""
         graph = self.graph(model)
-        device = api.check_device(self.s.device)
-        if method.statistic == "spikenorm" or method.rate_calibration:
-            # steps after build() that simulate (Spike-Norm thresholds, rate calibration): convert in full
-            return convert_graph(graph, self.calibration(graph), method, timesteps, self.s.batch_size, device)
-        key = (model, method.cmb, method.spiking_pools, method.statistic, method.percentile)
+        key = (model, json.dumps(method.preparation_key(), sort_keys=True))
         if key not in self._prepared:
-            self._prepared[key] = prepare(graph, self.calibration(graph), method, self.s.batch_size, device)
-        neurons, lambdas, reference = self._prepared[key]
-        return build(neurons, lambdas, method, timesteps, reference)
+            self._prepared[key] = prepare(graph, self.calibration(graph), method, batch_size=self.s.batch_size,
+                                          device=api.check_device(self.s.device))
+        return self._prepared[key].network(timesteps, method)
 
     def run_curve(self, job: Job) -> dict:
         net = self.network(job.model, job.method, job.converted_for)
@@ -240,7 +234,7 @@ class Runner:
         return {"result": record}
 
     def run_counts(self, job: Job) -> dict:
-        """Spike-count histograms of every spiking layer (simulate(..., keep_neuron_counts=True)),
+        """Spike-count histograms of every spiking layer (a :class:`NeuronCounts` recorder),
         and the counts an ideal rate code of the CNN's activations would give with this network's
         λ: floor(a·T/λ) clipped to [0, T]."""
         net = self.network(job.model, job.method, job.converted_for)
@@ -255,8 +249,9 @@ class Runner:
         chunk = max(self.s.batch_size, 1)
         for start in range(0, images.shape[0], chunk):
             x = images[start : start + chunk]
-            record = simulate(net, x, steps, batch_size=self.s.batch_size, device=self.s.device, seed=self.s.seed,
-                              image_ids=torch.arange(start, start + x.shape[0]), keep_neuron_counts=True)
+            recorded = NeuronCounts([node.name for node in spikes])
+            simulate(net, x, RunOptions(timesteps=steps, batch_size=self.s.batch_size, device=self.s.device,
+                                        seed=self.s.seed), [recorded], image_ids=torch.arange(start, start + x.shape[0]))
             seen = {}
 
             def observe(node, value):
@@ -266,7 +261,7 @@ class Runner:
             with torch.no_grad():
                 run_graph(cnn, x.to(self.s.device), observe=observe)
             for node in spikes:
-                counts = record.neuron_counts[node.name].flatten().round().long().clamp(0, steps)
+                counts = recorded.totals[node.name].flatten().round().long().clamp(0, steps)
                 histogram[node.name] += torch.bincount(counts, minlength=steps + 1)
                 ideal = torch.floor(seen[sites[node.name]].double() / net.lambdas[node.name] * steps).clamp(0, steps)
                 expected[node.name] += torch.bincount(ideal.flatten().long().cpu(), minlength=steps + 1)
@@ -284,7 +279,7 @@ class Runner:
             raise ConfigError(f"internal: no result for {curve.label} at T={t}")
         result = entry["result"]
         cnn, snn = result["cnn_accuracy"] * 100, result["snn_accuracy"][t - 1] * 100
-        run = (f"spread TRE: converted and simulated for T={t}" if spread(curve.method)
+        run = (f"converted and simulated for T={t}" if curve.method.depends_on_timesteps
                else f"one simulation of {entry['timesteps']} steps, read after t={t}")
         return {"cnn_accuracy_pct": round(cnn, 6), "snn_accuracy_pct": round(snn, 6),
                 "loss_points": round(cnn - snn, 6),
@@ -308,9 +303,9 @@ def curve_notes(curves: list[Curve]) -> list[str]:
         if c.label in seen:
             continue
         seen.add(c.label)
-        if spread(c.method):
-            notes.append(f"{c.label}: spread TRE (Eq. 9) makes the network depend on T, so it is converted and "
-                         f"simulated once per T")
+        if c.method.depends_on_timesteps:
+            notes.append(f"{c.label}: the network depends on T (spread TRE, Eq. 9, or a calibration at T), so it "
+                         f"is converted and simulated once per T")
         else:
             notes.append(f"{c.label}: the network does not depend on T; one simulation at the largest T, "
                          f"accuracy and MOps read after every t")
@@ -640,7 +635,6 @@ def reproduce(figure: str, settings: Settings) -> dict[str, dict]:
 
 def summary(documents: dict[str, dict], out: str) -> str:
     """A short text report: per figure, its rows as a table (fig5: mean spike counts)."""
-    from .commands import format_table
 
     parts = []
     for name, doc in documents.items():

@@ -8,7 +8,6 @@ analog input and the layers it feeds before the first neuron) is computed once p
 from __future__ import annotations
 
 import ctypes
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -30,6 +29,33 @@ SILENT_ROWS_WORTH_SKIPPING = 0.1  # fraction of silent (image, step) rows above 
 CONV_KERNELS = ("auto", "dense")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a network is run: T, readout and the execution settings that do not change the result
+    (``batch_size``, ``chunk``, ``conv``: batch independence and float rounding aside).
+
+    ``readout`` None means the network's own; ``seed`` drives Poisson input; ``early_exit=K``
+    stops each image once its prediction has been the same for K steps (a different readout).
+    """
+
+    timesteps: int
+    readout: str | None = None
+    batch_size: int = 100
+    chunk: int = 8
+    device: str = "cpu"
+    seed: int = 0
+    conv: str = "auto"
+    early_exit: int | None = None
+
+    def __post_init__(self):
+        if self.timesteps < 1:
+            raise ConfigError(f"timesteps must be ≥ 1, got {self.timesteps}")
+        if self.conv not in CONV_KERNELS:
+            raise ConfigError(f"conv must be one of {', '.join(CONV_KERNELS)}, got {self.conv!r}")
+        if self.early_exit is not None and self.early_exit < 1:
+            raise ConfigError(f"early exit needs K ≥ 1, got {self.early_exit}")
+
+
 @dataclass
 class SimulationRecord:
     """What one run measured, summed over its images, at each of ``steps`` (row k ↔ t = steps[k]).
@@ -37,14 +63,11 @@ class SimulationRecord:
     ``predictions[k, i]``: predicted class of image i after steps[k] timesteps.
     ``spikes[k, l]`` / ``synops[k, l]``: spikes and synaptic operations (Eq. 14) of source layer
     ``layers[l]`` during the first steps[k] timesteps, summed over images.
-    ``neuron_counts``: per-neuron spike counts after the last step, (N, *shape) per layer.
     ``mode``: ``simulate`` (time-stepped) or ``count`` (closed form).
-    ``max_current``: the largest input current of the probed spike node in any step.
     ``exit_steps``: with early exit, the step after which each image stopped (T if it never did).
     ``event_conv_share``: fraction of conv-layer calls on spikes that ran event-driven (None: none
     could, or the run used dense convolutions only).
-    ``scores``: with ``keep_scores``, the output's cumulative readout S(t) (spike count or membrane
-    potential) after each step, before any readout delay, (T, N, classes).
+    Anything else a caller wants measured is handed to the recorders it attaches (:class:`Recorder`).
     """
 
     mode: str
@@ -53,12 +76,95 @@ class SimulationRecord:
     predictions: torch.Tensor
     spikes: torch.Tensor
     synops: torch.Tensor
-    neuron_counts: dict[str, torch.Tensor] | None
     seconds: float
-    max_current: dict[str, float] | None = None
     exit_steps: torch.Tensor | None = None
     event_conv_share: float | None = None
-    scores: torch.Tensor | None = None
+
+
+class Recorder:
+    """Receives per-step values while a network runs (:func:`simulate`, or one layer at a time in
+    :class:`spkeras.layerwise.LayerWalk`); subclasses keep what they need.
+
+    Batches arrive in image order, each opened by ``begin_batch(graph, size)`` and closed by
+    ``end_batch()``. Within a batch, for each chunk of steps:
+    ``current(name, value)`` gets the input current Z(t) of spike node ``name`` (Eq. 3, before
+    the TRE step current), ``(steps, B, …)`` or, the same at every step, ``(B, …)``;
+    ``spikes(name, per_step)`` gets its output spikes ``(steps, B, …)`` (not the potential of an
+    output read without firing; the input's spikes too, unless it is an analog current);
+    ``readout(cumulative, t0)`` gets the output's cumulative
+    readout S(t) for steps t0+1 … before any readout delay (full simulations only).
+    """
+
+    def begin_batch(self, graph: Graph, size: int) -> None:
+        pass
+
+    def current(self, name: str, value: "_Value") -> None:
+        pass
+
+    def spikes(self, name: str, per_step: torch.Tensor) -> None:
+        pass
+
+    def readout(self, cumulative: torch.Tensor, t0: int) -> None:
+        pass
+
+    def end_batch(self) -> None:
+        pass
+
+
+class NeuronCounts(Recorder):
+    """Per-neuron spike counts after the last step: ``totals[name]`` is (N, *shape) for each of
+    ``layers`` (spike nodes, or the input: zero for an analog current, which is not spikes)."""
+
+    def __init__(self, layers: list[str]):
+        self.layers = list(layers)
+        self.totals: dict[str, torch.Tensor] = {}
+        self._parts = {name: [] for name in self.layers}
+        self._batch: dict[str, torch.Tensor] = {}
+
+    def begin_batch(self, graph: Graph, size: int) -> None:
+        self._batch = {name: torch.zeros((size, *graph.node(name).shape), dtype=torch.float32)
+                       for name in self.layers}
+
+    def spikes(self, name: str, per_step: torch.Tensor) -> None:
+        if name in self._batch:
+            self._batch[name] = self._batch[name].to(per_step) + per_step.sum(0)
+
+    def end_batch(self) -> None:
+        for name in self.layers:
+            self._parts[name].append(self._batch[name].cpu())
+            self.totals[name] = torch.cat(self._parts[name])
+
+
+class MaxCurrent(Recorder):
+    """The largest input current (Eq. 3) that spike node ``name`` receives at any step (``value``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.value = float("-inf")
+
+    def current(self, name: str, value: "_Value") -> None:
+        if name == self.name:
+            self.value = max(self.value, float(value.tensor.max()))
+
+
+class OutputScores(Recorder):
+    """The output's cumulative readout S(t) (spike count or membrane potential) after every step,
+    before any readout delay: ``scores`` is (T, N, classes)."""
+
+    def __init__(self):
+        self._parts: list[torch.Tensor] = []
+        self._batch: list[torch.Tensor] = []
+        self.scores: torch.Tensor | None = None
+
+    def begin_batch(self, graph: Graph, size: int) -> None:
+        self._batch = []
+
+    def readout(self, cumulative: torch.Tensor, t0: int) -> None:
+        self._batch.append(cumulative.flatten(2).to("cpu", copy=True))  # the neurons reuse their buffer
+
+    def end_batch(self) -> None:
+        self._parts.append(torch.cat(self._batch))
+        self.scores = torch.cat(self._parts, 1)
 
 
 class _Value:
@@ -135,7 +241,6 @@ class _Neurons:
         self.fire = fire
         self.v = torch.zeros((batch, *node.shape), device=device, dtype=dtype)
         self.v += initial_potential(node)
-        self.max_current = None
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 
     def run(self, current: _Value, steps: int, owned: bool = False) -> torch.Tensor:
@@ -147,8 +252,6 @@ class _Neurons:
         V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
         """
         drive = current.tensor
-        if self.max_current is not None:
-            self.max_current = max(self.max_current, float(drive.max()))
         if self.step_current:
             drive = drive.add_(self.step_current) if owned and not current.constant else drive + self.step_current
         if self.buffer is None or self.buffer.shape[0] < steps:
@@ -181,127 +284,137 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
-def simulate(
-    net: SpikingNetwork,
-    images: torch.Tensor,
-    timesteps: int,
-    readout: str | None = None,
-    batch_size: int = 100,
-    chunk: int = 8,
-    device: str = "cpu",
-    seed: int = 0,
-    image_ids: torch.Tensor | None = None,
-    keep_neuron_counts: bool | list[str] = False,
-    probe: str | None = None,
-    early_exit: int | None = None,
-    conv: str = "auto",
-    keep_scores: bool = False,
-) -> SimulationRecord:
-    """Simulate ``timesteps`` steps on channels-first images in [0, 1].
+class BatchState:
+    """What one batch's run learns about its layers as chunks go by, shared by the full simulation
+    and the layer walk so that both compute every value the same way: which values have been
+    active (no longer checked for silence), which layers no longer skip silent rows, and the
+    event-driven convolution, if any."""
+
+    def __init__(self, graph: Graph, events: EventConv | None):
+        self.events = events
+        self.active: set[str] = set()
+        self.dense_rows: set[str] = set()
+        self.layers = set(source_layers(graph))
+        self.consumers = Counter(name for node in graph.nodes for name in node.inputs)
+
+    def linear(self, node: Node, inputs: list[_Value], steps: int) -> _Value:
+        """A stateless node over this chunk (:func:`_linear`)."""
+        value = _linear(node, inputs, steps, node.inputs[0] not in self.active, self.dense_rows, self.events)
+        if not value.constant:
+            self.active.update(node.inputs)
+        return value
+
+    def fire(self, node: Node, neurons: "_Neurons", current: _Value, steps: int, recorders) -> _Value:
+        """A spike node over this chunk; recorders see its input current first."""
+        for recorder in recorders:
+            recorder.current(node.name, current)
+        owned = self.consumers[node.inputs[0]] == 1 and node.inputs[0] not in self.layers
+        return _Value(neurons.run(current, steps, owned), False)
+
+
+def event_convolutions(options: RunOptions) -> EventConv | None:
+    """The event-driven convolution for a run, where it may be used (``conv='auto'``, CPU, numba)."""
+    if options.conv == "auto" and event_conv_available() and torch.device(options.device).type == "cpu":
+        return EventConv()
+    return None
+
+
+def simulate(net: SpikingNetwork, images: torch.Tensor, options: RunOptions | int, recorders=(),
+             image_ids: torch.Tensor | None = None, **run_options) -> SimulationRecord:
+    """Simulate a run (``options``: :class:`RunOptions`, or T with its fields as keywords) on
+    channels-first images in [0, 1]; ``recorders`` (:class:`Recorder`) see per-step values.
 
     ``readout='spikes'`` predicts the output layer's largest spike count (ties → lowest index);
     ``'potential'`` makes the output layer integrate without firing and predicts its largest
     membrane potential. ``image_ids`` index images for reproducible Poisson input (default
-    0..N-1). ``keep_neuron_counts``: True, or the layers whose per-neuron counts to keep.
-    ``probe`` names a spike node whose largest input current is recorded.
-    ``early_exit=K`` stops each image once its prediction has been the same for K consecutive
-    steps: later predictions repeat the one it stopped with, and its spikes and operations are
-    counted only up to that step (a different readout from the full run).
-    ``conv='auto'`` runs a conv layer event-driven (each spike adds its weights, work ∝ spikes;
-    CPU, numba) whenever it is large and its input in a chunk sparse enough, ``'dense'`` always
-    uses the dense convolution; both compute the current Z(t) of Eq. 3 and differ in float
-    rounding only. ``keep_scores`` keeps the output's cumulative readout after every step (see
-    :class:`SimulationRecord`).
+    0..N-1). ``early_exit=K`` stops each image once its prediction has been the same for K
+    consecutive steps: later predictions repeat the one it stopped with, and its spikes and
+    operations are counted only up to that step (a different readout from the full run; no
+    recorders). ``conv='auto'`` runs a conv layer event-driven (each spike adds its weights, work
+    ∝ spikes; CPU, numba) whenever it is large and its input in a chunk sparse enough,
+    ``'dense'`` always uses the dense convolution; both compute the current Z(t) of Eq. 3 and
+    differ in float rounding only.
     """
-    if conv not in CONV_KERNELS:
-        raise ConfigError(f"conv must be one of {', '.join(CONV_KERNELS)}, got {conv!r}")
-    if early_exit is not None and (early_exit < 1 or keep_neuron_counts or probe or keep_scores):
-        raise ConfigError("early exit needs K ≥ 1 and cannot keep per-neuron counts, scores or probe currents")
+    for retired, replacement in (("keep_neuron_counts", "recorders=[NeuronCounts(layers)]"),
+                                 ("probe", "recorders=[MaxCurrent(name)]"), ("keep_scores", "recorders=[OutputScores()]")):
+        if retired in run_options:
+            raise ConfigError(f"simulate(..., {retired}=...) is replaced by {replacement}")
+    options = options if isinstance(options, RunOptions) else RunOptions(timesteps=options, **run_options)
+    if options.early_exit is not None and recorders:
+        raise ConfigError("early exit cannot be combined with recorders (per-neuron counts, scores or currents)")
     started = time.perf_counter()
     keep_freed_memory()
-    readout = readout or net.method.readout
-    graph = net.to(device).graph
-    fanouts = flat_fan_outs(net.graph, device)
+    timesteps = options.timesteps
+    readout = options.readout or net.method.readout
+    graph = net.to(options.device).graph
+    fanouts = flat_fan_outs(net.graph, options.device)
     layers = source_layers(graph)
     n = images.shape[0]
     ids = torch.arange(n) if image_ids is None else image_ids
     predictions = torch.empty((timesteps, n), dtype=torch.int64)
     spikes = torch.zeros((timesteps, len(layers)), dtype=torch.float64)
     synops = torch.zeros_like(spikes)
-    kept = layers if keep_neuron_counts is True else list(keep_neuron_counts or [])
-    counts = {name: [] for name in kept} if kept else None
-    exit_steps = torch.full((n,), timesteps, dtype=torch.int64) if early_exit else None
-    kept_scores = [] if keep_scores else None
-    largest = float("-inf")
-    events = EventConv() if conv == "auto" and event_conv_available() and torch.device(device).type == "cpu" else None
-    for start in progress_bar(range(0, n, batch_size), desc="simulating", unit="batch"):
-        batch = images[start : start + batch_size].to(device)
-        result = _simulate_batch(graph, net, batch, ids[start : start + batch_size], timesteps, readout, chunk, seed,
-                                 fanouts, layers, spikes, synops, probe, kept, early_exit, events, keep_scores)
-        largest = max(largest, result[2])
+    exit_steps = torch.full((n,), timesteps, dtype=torch.int64) if options.early_exit else None
+    events = event_convolutions(options)
+    for start in progress_bar(range(0, n, options.batch_size), desc=f"simulating {n} images", unit="batch"):
+        batch = images[start : start + options.batch_size].to(options.device)
+        for recorder in recorders:
+            recorder.begin_batch(graph, batch.shape[0])
+        batch_predictions, exits = _simulate_batch(graph, net, batch, ids[start : start + options.batch_size], options,
+                                                   readout, fanouts, layers, spikes, synops, events, recorders)
+        for recorder in recorders:
+            recorder.end_batch()
         if exit_steps is not None:
-            exit_steps[start : start + batch.shape[0]] = result[3].cpu()
-        predictions[:, start : start + batch.shape[0]] = result[0].cpu()
-        if kept_scores is not None:
-            kept_scores.append(result[4].cpu())
-        if counts is not None:
-            for name in counts:
-                counts[name].append(result[1][name].cpu())
-    neuron_counts = {k: torch.cat(v) for k, v in counts.items()} if counts is not None else None
+            exit_steps[start : start + batch.shape[0]] = exits.cpu()
+        predictions[:, start : start + batch.shape[0]] = batch_predictions.cpu()
     return SimulationRecord("simulate", layers, list(range(1, timesteps + 1)), predictions, spikes.cumsum(0),
-                            synops.cumsum(0), neuron_counts, time.perf_counter() - started,
-                            {probe: largest} if probe else None, exit_steps, events.share if events else None,
-                            torch.cat(kept_scores, 1) if kept_scores is not None else None)
+                            synops.cumsum(0), time.perf_counter() - started, exit_steps,
+                            events.share if events else None)
 
 
-def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, seed, fanouts, layers, spikes, synops,
-                    probe=None, kept=(), early_exit=None, events=None, keep_scores=False):
-    """One batch through all timesteps; accumulates spikes/synops in place, returns predictions,
-    the per-neuron totals of the ``kept`` layers and the output, the probe's largest current,
-    (with early exit) each image's exit step and (with ``keep_scores``) the undelayed readout.
-    Images that exit leave the batch at the end of the chunk."""
-    encoder = make_encoder(batch, net.method, ids, seed)
+def _simulate_batch(graph: Graph, net, batch, ids, options: RunOptions, readout, fanouts, layers, spikes, synops,
+                    events, recorders):
+    """One batch through all timesteps; accumulates spikes/synops in place, hands per-step values
+    to the recorders, and returns the predictions after every step and (with early exit) each
+    image's exit step. Images that exit leave the batch at the end of the chunk."""
+    timesteps = options.timesteps
+    encoder = make_encoder(batch, net.method, ids, options.seed)
     b = batch.shape[0]
     output = graph.output
     neurons = {n.name: _Neurons(n, b, batch.device, fire=not (n.name == output and readout == "potential"),
                                 dtype=batch.dtype)
                for n in graph.nodes_of("spike")}
-    if probe:
-        neurons[probe].max_current = float("-inf")
-    totals = {name: torch.zeros((b, *graph.node(name).shape), device=batch.device, dtype=batch.dtype)
-              for name in layers if name in kept or name == output}
+    totals = {output: torch.zeros((b, *graph.node(output).shape), device=batch.device, dtype=batch.dtype)}
     predictions = torch.empty((timesteps, b), dtype=torch.int64, device=batch.device)
-    all_scores = torch.empty((timesteps, b, math.prod(graph.node(output).shape)), device=batch.device,
-                             dtype=batch.dtype) if keep_scores else None
     baseline = None
     last_use = {name: position for position, node in enumerate(graph.nodes) for name in node.inputs}
-    consumers = Counter(name for node in graph.nodes for name in node.inputs)
-    active = set()  # values that have been non-silent in this batch
-    dense_rows = set()  # layers whose silent rows are no longer worth skipping in this batch
+    state = BatchState(graph, events)
     running = torch.arange(b, device=batch.device)  # batch positions still simulated
-    stopper = _EarlyExit(early_exit, b, timesteps, batch.device) if early_exit else None
-    for t0 in range(0, timesteps, chunk):
+    stopper = _EarlyExit(options.early_exit, b, timesteps, batch.device) if options.early_exit else None
+    for t0 in range(0, timesteps, options.chunk):
         if running.numel() == 0:
             break
-        steps = min(chunk, timesteps - t0)
+        steps = min(options.chunk, timesteps - t0)
         values = {graph.input.name: _Value(encoder.next(steps), encoder.constant)}
+        if not encoder.constant:
+            for recorder in recorders:
+                recorder.spikes(graph.input.name, values[graph.input.name].tensor)
         for position, node in enumerate(graph.nodes[1:], start=1):
             inputs = [values[i] for i in node.inputs]
             if node.op == "spike":
-                owned = consumers[node.inputs[0]] == 1 and node.inputs[0] not in layers
-                values[node.name] = _Value(neurons[node.name].run(inputs[0], steps, owned), False)
+                values[node.name] = state.fire(node, neurons[node.name], inputs[0], steps, recorders)
+                for recorder in recorders if neurons[node.name].fire else ():
+                    recorder.spikes(node.name, values[node.name].tensor)
             else:
-                values[node.name] = _linear(node, inputs, steps, node.inputs[0] not in active, dense_rows, events)
-                if not values[node.name].constant:
-                    active.update(node.inputs)
+                values[node.name] = state.linear(node, inputs, steps)
             for name in node.inputs:  # free intermediate currents as soon as they are consumed
                 if last_use[name] == position and name not in layers:
                     del values[name]
         fires = neurons[output].fire
         out = values[output].tensor
         scores = totals[output] + out.cumsum(0) if fires else out
-        if all_scores is not None:
-            all_scores[t0 : t0 + steps] = scores.flatten(2)
+        for recorder in recorders:
+            recorder.readout(scores, t0)
         scores, baseline = _delayed(scores, baseline, t0, net.method.readout_delay)
         flat_scores = scores.flatten(2)
         chunk_predictions = flat_scores.argmax(dim=-1)
@@ -320,8 +433,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, timesteps, readout, chunk, se
             stopper.record(running)
             running = running[keep]
             baseline = _keep_rows(keep, neurons, encoder, totals, baseline, stopper)
-    exits = stopper.exit_steps if stopper else None
-    return predictions, totals, neurons[probe].max_current if probe else float("-inf"), exits, all_scores
+    return predictions, stopper.exit_steps if stopper else None
 
 
 class _EarlyExit:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import ModelError
 from .ir import Graph, Node
-from .methods.settings import Method
+from .method import Method
 from .atomic import atomic_path
 
 FORMAT = "spkeras-snn"

@@ -242,3 +242,15 @@ def randomize_keras(model, seed: int = 0, kernel_gain: float = 1.0, bias_mean: f
         else:  # bias, beta, moving_mean
             value = rng.normal(bias_mean, bias_std, shape)
         variable.assign(value.astype(np.float32))
+
+
+def simulate_counting(net, images, timesteps, **options):
+    """simulate() with a NeuronCounts recorder on every source layer; the record gains
+    ``neuron_counts`` (name → (N, *shape) counts)."""
+    from spkeras.metrics import source_layers
+    from spkeras.simulate import NeuronCounts, simulate
+
+    counts = NeuronCounts(source_layers(net.graph))
+    record = simulate(net, images, timesteps, [counts], **options)
+    record.neuron_counts = counts.totals
+    return record

@@ -97,7 +97,7 @@ def test_demo_nir_file_runs_in_sinabs_with_the_same_spikes(ecc_demo, tmp_path, c
     assert "reset by subtraction" in err and "Algorithm 1" in err  # the two warnings
     graph = nir.read(str(nir_path))
     images = checked_images(spkeras.api.as_dataset(asset("mnist_test.npz"), N), ecc_demo.cnn)
-    ours = simulate(ecc_demo, images, T, keep_neuron_counts=True).neuron_counts
+    ours = helpers.simulate_counting(ecc_demo, images, T).neuron_counts
     with pytest.warns(DeprecationWarning):  # sinabs.from_nir uses nirtorch.load, deprecated in nirtorch 2
         module = sinabs_nir.from_nir(graph, num_timesteps=T)
     theirs = sinabs_counts(module, ecc_demo, images)
@@ -120,7 +120,7 @@ def test_residual_graph_fan_in_through_nirtorch_with_sinabs_layers():
     mapping = functools.partial(sinabs_nir._import_sinabs_module, batch_size=None, num_timesteps=T)
     module = nirtorch.nir_to_torch(exported, {kind: mapping for kind in
                                               (nir.Conv2d, nir.Affine, nir.IF, nir.SumPool2d, nir.Flatten)})
-    ours = simulate(net, images, T, keep_neuron_counts=True).neuron_counts
+    ours = helpers.simulate_counting(net, images, T).neuron_counts
     theirs = sinabs_counts(module, net, images)
     assert_counts_agree(ours, theirs, [n.name for n in net.spike_nodes])
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tests.helpers import randomize_keras
+from tests.helpers import randomize_keras, simulate_counting
 from spkeras import api, cli
 from spkeras.demo import asset
 from spkeras.errors import ModelError
@@ -168,7 +168,7 @@ def assert_same_snn(graphs: dict, calibration: torch.Tensor, images: torch.Tenso
     method = get_method("ecc")
     nets = {route: convert(graph, calibration, method, T) for route, graph in graphs.items()}
     reference_route, reference = next(iter(nets.items()))
-    records = {route: simulate(net, images, T, keep_neuron_counts=True) for route, net in nets.items()}
+    records = {route: simulate_counting(net, images, T) for route, net in nets.items()}
     expected = records[reference_route]
     for route, net in nets.items():
         ops = [n.op for n in net.graph.nodes]

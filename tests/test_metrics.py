@@ -197,7 +197,7 @@ def test_cnn_operations_by_hand():
 def test_synaptic_operations_are_spikes_times_fan_out(kind, options):
     cnn, net = spiking(kind, **options)
     images = helpers.images(cnn, 5, seed=3)
-    record = simulate(net, images, T, batch_size=2, chunk=5, keep_neuron_counts=True)
+    record = helpers.simulate_counting(net, images, T, batch_size=2, chunk=5)
     fanouts = brute_fan_out(net.graph)
     encoding = net.method.encoding
     for index, name in enumerate(record.layers):

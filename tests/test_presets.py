@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helpers  # noqa: E402
 from helpers import one_thread  # noqa: E402,F401  (autouse fixture)
 
-from spkeras.cli import build_parser, main, method_overrides  # noqa: E402
+from spkeras.cli import build_parser, main  # noqa: E402
+from spkeras.options import method_overrides  # noqa: E402
 from spkeras.encoding import make_encoder  # noqa: E402
 from spkeras.errors import ConfigError  # noqa: E402
 from spkeras.ir import Node  # noqa: E402
@@ -24,7 +25,7 @@ from spkeras.methods import PRESETS, get_method  # noqa: E402
 from spkeras.methods.framework import convert  # noqa: E402
 from spkeras.ops import run_graph  # noqa: E402
 from spkeras.passes import canonicalise  # noqa: E402
-from spkeras.simulate import _Neurons, _Value, simulate  # noqa: E402
+from spkeras.simulate import MaxCurrent, _Neurons, _Value, simulate  # noqa: E402
 from spkeras.snn import load_snn  # noqa: E402
 
 # spiking sites of helpers.chain_cnn (ReLUs, the average pool, the output) and their spike nodes
@@ -153,8 +154,9 @@ def test_spikenorm_thresholds_are_the_largest_current_with_lower_layers_converte
     images = calib[: method.spikenorm_images]
     for node in net.spike_nodes:
         assert node.attrs["reset"] == "zero"
-        probe = simulate(net, images, method.spikenorm_timesteps, probe=node.name)
-        assert node.attrs["threshold"] == pytest.approx(probe.max_current[node.name], rel=1e-9), node.name
+        probe = MaxCurrent(node.name)   # a full simulation of the converted network, not the layer walk
+        simulate(net, images, method.spikenorm_timesteps, [probe])
+        assert node.attrs["threshold"] == pytest.approx(probe.value, rel=1e-9), node.name
     # the thresholds are not those of plain threshold balancing (the calibration simulation matters)
     balanced = thresholds(convert(cnn, calib, get_method("rmp"), 64))
     assert any(abs(thresholds(net)[k] / v - 1) > 1e-3 for k, v in balanced.items())
@@ -290,8 +292,8 @@ def test_32_bit_quantisation_reproduces_the_unquantised_spikes(preset):
     cnn, _, plain, net = quantised_pair(32, "trunc", preset=preset)
     x = helpers.images(cnn, 60, seed=40)
     assert x.dtype == torch.float64 and net.graph.node("conv1").params["weight"].dtype == torch.float64
-    a = simulate(plain, x, 64, keep_neuron_counts=True)
-    b = simulate(net, x, 64, keep_neuron_counts=True)
+    a = helpers.simulate_counting(plain, x, 64)
+    b = helpers.simulate_counting(net, x, 64)
     same = sum(int((a.neuron_counts[k] == b.neuron_counts[k]).sum()) for k in a.neuron_counts)
     total = sum(v.numel() for v in a.neuron_counts.values())
     assert same / total >= 0.999
@@ -303,8 +305,8 @@ def test_32_bit_quantisation_reproduces_the_unquantised_spikes(preset):
 def test_few_bits_change_the_spikes():
     cnn, _, plain, net = quantised_pair(3, "trunc")
     x = helpers.images(cnn, 30, seed=41)
-    a = simulate(plain, x, 32, keep_neuron_counts=True)
-    b = simulate(net, x, 32, keep_neuron_counts=True)
+    a = helpers.simulate_counting(plain, x, 32)
+    b = helpers.simulate_counting(net, x, 32)
     assert any(not torch.equal(a.neuron_counts[k], b.neuron_counts[k]) for k in a.neuron_counts)
 
 
@@ -365,12 +367,14 @@ def test_ecc_plus_is_ecc_with_the_low_latency_switches():
 def test_scores_give_every_delayed_readout(readout):
     """S(t) kept by the simulator gives, for any delay K, what a run with readout delay K predicts."""
     from spkeras.methods.readout_calibration import delayed_predictions
-    from spkeras.simulate import simulate
+    from spkeras.simulate import OutputScores, simulate
 
     cnn, images = chain_and_images()
     timesteps = 12
     net = convert(cnn, images, get_method("ecc", readout=readout, tre="initial"), timesteps)
-    scores = simulate(net, images, timesteps, keep_scores=True, chunk=5).scores
+    recorder = OutputScores()
+    simulate(net, images, timesteps, [recorder], chunk=5)
+    scores = recorder.scores
     assert scores.shape == (timesteps, len(images), net.graph.node(net.graph.output).shape[0])
     assert torch.equal(scores.argmax(-1), simulate(net, images, timesteps).predictions)
     for delay in (0, 1, 5, 11):
@@ -422,7 +426,7 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     targets = rate_model_means(plain, images)
 
     def rate_error(net):
-        counts = simulate(net, images, timesteps, keep_neuron_counts=True).neuron_counts
+        counts = helpers.simulate_counting(net, images, timesteps).neuron_counts
         hidden = [n.name for n in net.spike_nodes if n.name != net.graph.output]
         return sum(float((channel_means(counts[h]) / timesteps - targets[h]).abs().sum()) for h in hidden)
 

@@ -63,10 +63,10 @@ def test_every_figure_writes_csv_json_png(everything):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     # spread TRE is said to need one run per T, the others one run at the largest T
     notes = " ".join(documents["fig3c"]["note"])
-    assert "ECC-SNN: spread TRE" in notes and "2017-SNN: the network does not depend on T" in notes
+    assert "ECC-SNN: the network depends on T (spread TRE" in notes and "2017-SNN: the network does not depend on T" in notes
     runs = {r["series"]: r["run"] for r in documents["fig3c"]["rows"] if r["timesteps"] == 4}
     assert runs["2017-SNN"] == "one simulation of 8 steps, read after t=4"
-    assert runs["ECC-SNN"] == "spread TRE: converted and simulated for T=4"
+    assert runs["ECC-SNN"] == "converted and simulated for T=4"
 
 
 def test_figure_contents(everything):

@@ -187,8 +187,7 @@ def assert_same_as_reference(net, images, readout=None, seed=0, runs=RUNS, expec
         hidden = [k for k, name in enumerate(counts) if name not in (net.graph.input.name, net.graph.output)]
         assert all(per_step[:, k].sum() > 0 for k in hidden), "a hidden layer never fired: the comparison is weak"
     for chunk, batch in runs:
-        record = simulate(net, images, T, readout=readout, batch_size=batch, chunk=chunk, seed=seed,
-                          keep_neuron_counts=True, conv=conv)
+        record = helpers.simulate_counting(net, images, T, readout=readout, batch_size=batch, chunk=chunk, seed=seed, conv=conv)
         assert record.steps == list(range(1, T + 1))
         assert record.layers == list(counts)
         assert torch.equal(record.predictions, predictions), f"predictions differ (chunk {chunk}, batch {batch})"
@@ -371,7 +370,7 @@ def test_per_channel_initial_potential_is_simulated_and_counted_in_closed_form()
         share = torch.linspace(0, 0.45, node.shape[0], dtype=torch.float64).view(shape)
         node.params["initial_potential"] = share * node.attrs["threshold"]
     predictions, per_step, counts, _ = reference(net, images, 40)
-    simulated = simulate(net, images, 40, batch_size=3, chunk=6, keep_neuron_counts=True)
+    simulated = helpers.simulate_counting(net, images, 40, batch_size=3, chunk=6)
     assert torch.equal(simulated.predictions, predictions)
     assert torch.equal(simulated.spikes, per_step.cumsum(0))
     assert bool((simulated.spikes[-1] > before).any()), "the initial potentials changed nothing: the test is weak"
@@ -386,7 +385,7 @@ def test_closed_form_and_simulation_fire_at_most_once_per_step():
     fc1.params["weight"] = fc1.params["weight"] * 3.0
     x = torch.tensor([[1.0], [0.5], [0.23]], dtype=torch.float64)
     record = closed_form(net, x, [1, 5, T])
-    simulated = simulate(net, x, T, keep_neuron_counts=True)
+    simulated = helpers.simulate_counting(net, x, T)
     hidden = record.layers.index("relu1")
     for k, t in enumerate([1, 5, T]):
         assert torch.equal(record.spikes[k], simulated.spikes[t - 1])
@@ -432,18 +431,18 @@ def test_long_simulation_agrees_with_the_cnn():
 
 def test_poisson_input_is_reproducible():
     net, images = converted("chain", "ecc", encoding="poisson")
-    base = simulate(net, images, T, batch_size=6, chunk=8, seed=5, keep_neuron_counts=True)
+    base = helpers.simulate_counting(net, images, T, batch_size=6, chunk=8, seed=5)
     for batch, chunk in [(1, 1), (4, 3), (2, 20)]:
-        again = simulate(net, images, T, batch_size=batch, chunk=chunk, seed=5, keep_neuron_counts=True)
+        again = helpers.simulate_counting(net, images, T, batch_size=batch, chunk=chunk, seed=5)
         assert torch.equal(again.spikes, base.spikes)
         assert torch.equal(again.predictions, base.predictions)
         for name in base.neuron_counts:
             assert torch.equal(again.neuron_counts[name], base.neuron_counts[name])
     # an image's spike train depends on its id, not on its position in the batch
-    subset = simulate(net, images[3:5], T, seed=5, image_ids=torch.tensor([3, 4]), keep_neuron_counts=True)
+    subset = helpers.simulate_counting(net, images[3:5], T, seed=5, image_ids=torch.tensor([3, 4]))
     for name in base.neuron_counts:
         assert torch.equal(subset.neuron_counts[name], base.neuron_counts[name][3:5])
-    other = simulate(net, images, T, batch_size=6, chunk=8, seed=6, keep_neuron_counts=True)
+    other = helpers.simulate_counting(net, images, T, batch_size=6, chunk=8, seed=6)
     assert not torch.equal(other.neuron_counts["input"], base.neuron_counts["input"])
     assert not torch.equal(other.spikes, base.spikes)
     # the input rate approximates the pixel value
@@ -575,6 +574,6 @@ def test_early_exit_is_the_full_run_cut_at_each_images_stable_step(kind, preset,
 def test_early_exit_refuses_what_it_cannot_report():
     net, images = converted("chain", "ecc")
     with pytest.raises(Exception, match="early exit"):
-        simulate(net, images, T, early_exit=2, keep_neuron_counts=True)
+        helpers.simulate_counting(net, images, T, early_exit=2)
     with pytest.raises(Exception, match="early exit"):
         simulate(net, images, T, early_exit=0)

@@ -7,7 +7,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from ..atomic import write_json, write_text
-from ..commands import format_table
+from ..formatting import format_table
 from ..plots import plot_curves
 
 TIMESTEPS = (16, 32, 64, 128)
@@ -21,17 +21,23 @@ def asset(name: str) -> str:
 def run_demo(out: str, device: str = "cpu", seed: int = 0, timesteps: tuple[int, ...] = TIMESTEPS) -> str:
     """Run the demo, write table, JSON, CSV and plots to ``out``; return the printed table.
 
-    ECC's spread TRE depends on T, so ECC is converted once per T; 2017-SNN does not depend on
-    T, so one simulation at the largest T gives its accuracy at every T.
+    Each method is prepared once (λ); a method whose network depends on T (ECC's spread TRE) is
+    converted and simulated once per T, any other once at the largest T and read after every t.
     """
     from .. import api
 
     model, data, calib = asset("mnist_cnn.keras"), asset("mnist_test.npz"), asset("mnist_calib.npz")
     graph = api.load_model(model)
     longest = max(timesteps)
-    common = dict(data=data, calibration=calib, device=device, seed=seed, calib_n=None)
-    ecc = {t: api.evaluate(graph, method="ecc", timesteps=t, **common) for t in timesteps}
-    baseline = api.evaluate(graph, method="rueckauer2017", timesteps=longest, **common)
+
+    def results(method: str) -> dict:
+        prepared = api.prepare(graph, calib, method=method, calib_n=None, device=device)
+        runs = timesteps if prepared.method.depends_on_timesteps else (longest,)
+        done = {t: api.evaluate(prepared.network(t), data, timesteps=t, device=device, seed=seed) for t in runs}
+        return {t: done.get(t, done[longest]) for t in timesteps}
+
+    ecc, baseline_runs = results("ecc"), results("rueckauer2017")
+    baseline = baseline_runs[longest]
     rows = [[t, ecc[t].accuracy_at(t) * 100, ecc[t].mops_at(t), baseline.accuracy_at(t) * 100, baseline.mops_at(t)]
             for t in timesteps]
     header = ["T", "ECC acc %", "ECC MOps", "2017-SNN acc %", "2017-SNN MOps"]

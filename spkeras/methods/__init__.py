@@ -1,6 +1,6 @@
 """Conversion methods: the framework's switches and the presets built from them."""
 
 from .presets import PRESETS, get_method
-from .settings import Method
+from ..method import Method
 
 __all__ = ["Method", "PRESETS", "get_method"]

@@ -16,7 +16,7 @@ by subtraction; average-pooling layers get spiking neurons too, as the paper's t
 
 from __future__ import annotations
 
-from .settings import Method
+from ..method import Method
 
 KAPPA = 100.0  # κ_n, the current amplification factor of every layer (section 4)
 ETA = 0.5      # η, "a typical value" (section 3.3.2)

@@ -1,6 +1,6 @@
 """The unifying conversion framework (Proposition 1, Eq. 2–6), implemented once.
 
-Every method is a :class:`~spkeras.methods.settings.Method` preset; this module turns a CNN
+Every method is a :class:`~spkeras.method.Method` preset; this module turns a CNN
 graph plus calibration images into a spiking graph for any preset:
 
 1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax);
@@ -10,24 +10,35 @@ graph plus calibration images into a spiking graph for any preset:
    site n is in units of λ_n / V_thr^n: with input in units u_in, W ← (u_in V_thr/λ_n)·W and
    b ← (V_thr/λ_n)·b. With V_thr = κ this is Eq. 8 (CN); with V_thr = 1, weight normalisation;
    with weights kept, V_thr = λ_n/u_in, threshold balancing (Remark 1);
-5. add TRE charge (Eq. 9) and the reset rule.
+5. add TRE charge (Eq. 9) and the reset rule;
+6. the calibrations that simulate the network on calibration images, where the method asks:
+   Spike-Norm's thresholds, per-channel rate correction, the readout delay.
+
+Steps 1–3 and the neurons of step 4 do not depend on T: :func:`prepare` does them once, and its
+:meth:`PreparedConversion.network` does the rest for any T. :func:`convert` is both in one call;
+every caller (API, CLI, ``reproduce``, the demo, the benchmarks) converts through them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from ..calibrate import calibrate
 from ..errors import ConfigError
 from ..ir import Graph, GraphError, Node, insert_after, unique_name
+from ..layerwise import LayerWalk
 from ..ops import apply_linear
 from ..passes import canonicalise
+from ..progress import announce
 from ..quantise import quantise
+from ..simulate import MaxCurrent, RunOptions
 from ..snn import SpikingNetwork
 from . import ecc
 from .rate_calibration import calibrate_rates
 from .readout_calibration import calibrate_readout_delay
-from .settings import Method
+from ..method import Method
 
 POOL_OPS = ("avgpool", "global_avgpool")
 
@@ -41,55 +52,74 @@ def spike_sites(graph: Graph, spiking_pools: bool) -> list[str]:
     return sites
 
 
-def convert(
-    cnn: Graph,
-    calibration: torch.Tensor | None,
-    method: Method,
-    timesteps: int,
-    batch_size: int = 100,
-    device: str = "cpu",
-) -> SpikingNetwork:
-    """Convert an imported CNN graph into a spiking network under ``method``.
+@dataclass
+class PreparedConversion:
+    """The part of a conversion that does not depend on T: the canonical CNN (``reference``, BN
+    folded with ε), the neuron-bearing graph and λ of every spike node, for ``method``.
 
-    ``calibration`` holds channels-first images for λ; it may be None only when the method
-    needs no statistic (``statistic='none'``). ``timesteps`` is T, used by spread TRE.
+    :meth:`network` then runs every T-dependent step in one place. ``key`` identifies what the
+    preparation depends on (the method's :meth:`~spkeras.method.Method.preparation_key`), so a
+    caller can reuse one preparation for every method and T that shares it.
     """
-    if timesteps < 1:
-        raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
-    if calibration is None and (method.statistic == "spikenorm" or method.rate_calibration
-                                or method.delay_calibration_images):
-        raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
-    graph, spike_lambdas, reference = prepare(cnn, calibration, method, batch_size, device)
-    net = build(graph, spike_lambdas, method, timesteps, reference)
-    if method.statistic == "spikenorm":
-        net = spike_norm(graph, net, calibration[: method.spikenorm_images], device)
-    return calibrate_after_conversion(net, calibration, device)
 
+    graph: Graph
+    lambdas: dict[str, float]
+    reference: Graph
+    method: Method
+    calibration: torch.Tensor | None
+    batch_size: int = 100
+    device: str = "cpu"
 
-def calibrate_after_conversion(net: SpikingNetwork, calibration: torch.Tensor | None,
-                               device: str = "cpu") -> SpikingNetwork:
-    """The post-conversion calibrations the network's method asks for, in place: per-channel
-    rate correction, then the readout delay (both on the first calibration images)."""
-    method = net.method
-    if method.rate_calibration:
-        net = calibrate_rates(net, calibration[: method.rate_calibration_images], method.rate_calibration, device)
-    if method.delay_calibration_images:
-        net = calibrate_readout_delay(net, calibration[: method.delay_calibration_images], device)
-    return net
+    @property
+    def key(self) -> dict:
+        return self.method.preparation_key()
+
+    def network(self, timesteps: int, method: Method | None = None) -> SpikingNetwork:
+        """The spiking network for T steps: build (normalise, Eq. 7–10; quantise, section 4.4),
+        then whatever the method simulates calibration images for, in order: Spike-Norm's
+        thresholds, rate calibration, the readout-delay choice. ``method`` (default: the
+        prepared one) may be any method with the same preparation key."""
+        method = method or self.method
+        if method.preparation_key() != self.key:
+            raise ConfigError(f"method {method.name!r} needs its own preparation (it differs in "
+                              f"{', '.join(k for k, v in method.preparation_key().items() if self.key[k] != v)})")
+        if timesteps < 1:
+            raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+        if self.calibration is None and method.simulates_calibration:
+            raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
+        net = build(self.graph, self.lambdas, method, timesteps, self.reference)
+        if method.statistic == "spikenorm":
+            net = spike_norm(self.graph, net, self.calibration[: method.spikenorm_images], self.device)
+        if method.rate_calibration:
+            net = calibrate_rates(net, self.calibration[: method.rate_calibration_images], method.rate_calibration,
+                                  self.device)
+        if method.delay_calibration_images:
+            net = calibrate_readout_delay(net, self.calibration[: method.delay_calibration_images], self.device)
+        return net
 
 
 def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_size: int = 100,
-            device: str = "cpu") -> tuple[Graph, dict[str, float], Graph]:
-    """Steps 1–4 up to normalisation, which do not depend on T: the neuron-bearing graph, λ of
-    every spike node, and the reference CNN. ``build(graph, λ, method, T, reference)`` then gives
-    the network for any T (what :func:`convert` does, except the simulation-based steps that
-    follow: Spike-Norm's thresholds and rate calibration)."""
+            device: str = "cpu") -> PreparedConversion:
+    """Steps 1–3 and the neurons of step 4, which do not depend on T (see the module docstring).
+
+    ``calibration`` holds channels-first images; it may be None only when the method needs no
+    calibration image (``statistic`` none or model, and no simulated calibration).
+    """
+    if calibration is None and method.simulates_calibration:
+        raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
     reference = canonicalise(cnn, use_eps=True)
     folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
     sites = spike_sites(folded, method.spiking_pools)
     lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
     graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
-    return graph, spike_lambdas, reference
+    return PreparedConversion(graph, spike_lambdas, reference, method, calibration, batch_size, device)
+
+
+def convert(cnn: Graph, calibration: torch.Tensor | None, method: Method, timesteps: int, batch_size: int = 100,
+            device: str = "cpu") -> SpikingNetwork:
+    """Convert an imported CNN graph into a spiking network for T steps under ``method``: the one
+    conversion, ``prepare(cnn, calibration, method).network(timesteps)``."""
+    return prepare(cnn, calibration, method, batch_size, device).network(timesteps)
 
 
 def build(graph: Graph, lambdas: dict[str, float], method: Method, timesteps: int, cnn: Graph) -> SpikingNetwork:
@@ -142,19 +172,27 @@ def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
 
 def spike_norm(graph: Graph, net: SpikingNetwork, images: torch.Tensor, device: str) -> SpikingNetwork:
     """Spike-Norm (Sengupta et al. 2019): layer by layer, V_thr^n is the largest input current
-    layer n receives while the layers below it, already converted, spike on calibration images."""
-    from ..simulate import simulate
+    layer n receives while the layers below it, already converted, spike on calibration images.
 
+    One :class:`~spkeras.layerwise.LayerWalk` up the network: layer n's current comes from the
+    kept spike trains of the layers below, then n is rebuilt with its new threshold and its own
+    spike trains are kept for the layers above."""
     lambdas = dict(net.lambdas)
-    for node in net.spike_nodes:
-        probe = simulate(net, images, net.method.spikenorm_timesteps, device=device, probe=node.name)
-        largest = probe.max_current[node.name]
-        if not largest > 0:
+    walk = LayerWalk(net, images, RunOptions(timesteps=net.method.spikenorm_timesteps, device=device))
+    spikes = net.spike_nodes
+    for index, node in enumerate(spikes, start=1):
+        announce(f"Spike-Norm thresholds: layer {index}/{len(spikes)} ({images.shape[0]} images, "
+                 f"T={net.method.spikenorm_timesteps})")
+        peak = MaxCurrent(node.name)
+        walk.run(net, node.name, [peak])
+        if not peak.value > 0:
             raise GraphError(f"Spike-Norm: {node.source or node.name} receives no positive current on the calibration images")
         # the threshold of the network just simulated: the layers below have been rebalanced since
         current = net.graph.node(node.name).attrs["threshold"]
-        lambdas[node.name] = lambdas[node.name] * largest / current
+        lambdas[node.name] = lambdas[node.name] * peak.value / current
         net = build(graph, lambdas, net.method, net.timesteps, net.cnn)
+        if walk.needed(node.name):
+            walk.run(net, node.name, keep=True)
     return net
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .ecc import ECC
-from .settings import Method
+from ..method import Method
 
 RUECKAUER2017 = Method(
     name="rueckauer2017",

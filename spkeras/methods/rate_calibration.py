@@ -8,8 +8,8 @@ simulated rate is added back: a share s of it at once, as initial membrane poten
 V_c(0) ← V_c(0) + s·T·e_c·V_thr of neuron n, the rest as per-step current, b_c ← b_c + (1 − s)·e_c·V_thr,
 to the layer feeding n. Either way the charge over T steps grows by T·e_c·V_thr; the potential
 arrives before the layers below have filled, which is when the simulation falls behind.
-Layers are corrected in order, each ``iterations`` times, simulating only the layers up to the
-one being corrected (bias and potential correction in the spirit of Li et al. 2021, "A free lunch
+Layers are corrected in order, each ``iterations`` times, each from a simulation of the layers
+up to the one being corrected (bias and potential correction in the spirit of Li et al. 2021, "A free lunch
 from ANN: towards efficient, accurate spiking neural networks calibration").
 """
 
@@ -18,7 +18,10 @@ from __future__ import annotations
 import torch
 
 from ..ir import Node
+from ..layerwise import LayerWalk
 from ..ops import apply_linear, run_graph
+from ..progress import announce
+from ..simulate import NeuronCounts, RunOptions
 from ..snn import SpikingNetwork
 
 
@@ -45,33 +48,34 @@ def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> dict[str, tor
     return means
 
 
-def prefix(net: SpikingNetwork, name: str) -> SpikingNetwork:
-    """The network cut after node ``name`` (which becomes its output); tensors are shared."""
-    nodes = net.graph.nodes[: [n.name for n in net.graph.nodes].index(name) + 1]
-    return SpikingNetwork(net.graph.replace(nodes, name), net.method, net.timesteps, net.lambdas, net.cnn)
-
-
 def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
     """Correct biases and initial potentials in place, layer by layer, so that simulated mean
-    rates after T steps match the rate model; the share s is the method's ``potential_share``."""
-    from ..simulate import simulate
+    rates after T steps match the rate model; the share s is the method's ``potential_share``.
 
+    One :class:`~spkeras.layerwise.LayerWalk` up the network: each layer is simulated once per
+    round from the kept spike trains of the (already corrected) layers below, then once more to
+    keep its own (what a simulation of the network cut after that layer gives).
+    """
     targets = rate_model_means(net, images)
     steps = net.timesteps
     potential_share = net.method.potential_share
-    for node in net.spike_nodes:
+    walk = LayerWalk(net, images, RunOptions(timesteps=steps, readout="spikes", device=device))
+    spikes = net.spike_nodes
+    for index, node in enumerate(spikes, start=1):
+        announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
         layer = net.graph.node(node.inputs[0])
-        if layer.op not in ("conv2d", "dense") or (node.name == net.graph.output and net.method.readout == "potential"):
-            continue
-        for _ in range(iterations):
-            record = simulate(prefix(net, node.name), images, steps, readout="spikes", device=device,
-                              keep_neuron_counts=[node.name])
-            simulated = channel_means(record.neuron_counts[node.name]) / steps
-            error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
-            if potential_share:
-                add_initial_potential(node, potential_share * steps * error)
-            if potential_share < 1:
-                add_bias(layer, (1 - potential_share) * error)
+        if layer.op in ("conv2d", "dense") and not (node.name == net.graph.output and net.method.readout == "potential"):
+            for _ in range(iterations):
+                counts = NeuronCounts([node.name])
+                walk.run(net, node.name, [counts])
+                simulated = channel_means(counts.totals[node.name]) / steps
+                error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
+                if potential_share:
+                    add_initial_potential(node, potential_share * steps * error)
+                if potential_share < 1:
+                    add_bias(layer, (1 - potential_share) * error)
+        if walk.needed(node.name):
+            walk.run(net, node.name, keep=True)
     return net
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..evaluate import cnn_predictions
+from ..progress import announce
+from ..simulate import OutputScores, RunOptions, simulate
 from ..snn import SpikingNetwork
 
 DELAY_FRACTIONS = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875)
@@ -28,10 +30,11 @@ def delayed_predictions(scores: torch.Tensor, delay: int) -> torch.Tensor:
 def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: str = "cpu") -> SpikingNetwork:
     """Set the network's readout delay to the fraction of T that best agrees with the CNN on
     ``images`` (see the module docstring); returns the network, changed in place."""
-    from ..simulate import simulate
-
     steps = net.timesteps
-    scores = simulate(net, images, steps, device=device, keep_scores=True).scores  # S(t) before any delay
+    announce(f"choosing readout delay ({images.shape[0]} images, T={steps})")
+    recorder = OutputScores()
+    simulate(net, images, RunOptions(timesteps=steps, device=device), [recorder])
+    scores = recorder.scores  # S(t) before any delay
     cnn = cnn_predictions(net.cnn.to(device), images, 100, device)
 
     def agreement(fraction: float) -> int:

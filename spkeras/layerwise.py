@@ -1,0 +1,124 @@
+"""Layer-by-layer simulation for the calibrations that set one spiking layer at a time.
+
+Spike-Norm and rate calibration change spike node n (and the synapses into it) using a
+simulation of the layers below n, which are already final. Re-simulating the network from the
+input for every n costs O(L²) layer-simulations. A :class:`LayerWalk` instead keeps the spike
+trains of the layers below (every step, every calibration image, as booleans, in the blocks of
+images and steps the simulation runs in) and simulates only
+node n and the stateless nodes that compute its current from them: each layer is then
+simulated once per calibration round, plus once to keep its final spike trains.
+
+Every value is computed exactly as the full simulator computes it (:func:`spkeras.simulate.
+simulate`): the same batches of images, the same chunks of steps, the same per-batch rules for
+silent inputs and event-driven convolutions, the same neuron update. A walk's measurements of
+node n therefore equal those of a full simulation of the network cut after n.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .encoding import make_encoder
+from .ir import Graph, GraphError, Node
+from .simulate import BatchState, Recorder, RunOptions, _Neurons, _Value, event_convolutions
+from .snn import SpikingNetwork
+
+BOUNDARY_OPS = ("input", "spike")
+
+
+def segment(graph: Graph, name: str) -> list[Node]:
+    """Spike node ``name`` and the stateless nodes that compute its input current from spike
+    nodes below it or the input, in topological order."""
+    needed = {name}
+    for node in reversed(graph.nodes):
+        if node.name in needed and (node.name == name or node.op not in BOUNDARY_OPS):
+            needed.update(node.inputs)
+    return [n for n in graph.nodes if n.name in needed and (n.name == name or n.op not in BOUNDARY_OPS)]
+
+
+def boundary(graph: Graph, name: str) -> set[str]:
+    """The spike nodes (and the input) whose outputs the segment of ``name`` reads."""
+    inside = {n.name for n in segment(graph, name)}
+    return {i for n in segment(graph, name) for i in n.inputs if i not in inside}
+
+
+def unpack(block: torch.Tensor, spare: dict[str, torch.Tensor], name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Kept boolean spike trains as 0/1 values of ``dtype``, written into a buffer that is reused
+    for every block of ``name`` (fresh memory for every block would cost a page fault per page)."""
+    buffer = spare.get(name)
+    if buffer is None or buffer.numel() < block.numel():
+        buffer = spare[name] = torch.empty(block.numel(), dtype=dtype, device=block.device)
+    return buffer[: block.numel()].view(block.shape).copy_(block)
+
+
+class LayerWalk:
+    """Simulates a network one spike node at a time over ``images`` (see the module docstring).
+
+    ``run(net, name, recorders)`` simulates spike node ``name`` of ``net`` for every image and
+    step from the kept outputs below it; ``keep=True`` also keeps its spike trains for the nodes
+    above. Nodes are run in topological order, each after every node it reads has been kept.
+    ``net`` may change between calls (a calibration's corrections), but not below a kept node.
+    """
+
+    def __init__(self, net: SpikingNetwork, images: torch.Tensor, options: RunOptions):
+        self.images = images
+        self.options = options
+        self.kept: dict[str, dict[tuple[int, int], torch.Tensor]] = {}  # name → (first image, t0) → block
+        spikes = [n.name for n in net.spike_nodes]
+        self.readers = {name: {s for s in spikes if name in boundary(net.graph, s)} for name in spikes}
+
+    def needed(self, name: str) -> bool:
+        """Whether a spike node above reads ``name`` (so its spike trains are worth keeping)."""
+        return bool(self.readers[name])
+
+    def run(self, net: SpikingNetwork, name: str, recorders: list[Recorder] = (), keep: bool = False) -> None:
+        """Simulate spike node ``name`` over every image and step, handing its current and spikes
+        to ``recorders``; with ``keep``, keep its spike trains for the nodes above."""
+        options = self.options
+        graph = net.to(options.device).graph
+        nodes = segment(graph, name)
+        sources = boundary(graph, name)
+        missing = sorted(s for s in sources if s != graph.input.name and s not in self.kept)
+        if missing:
+            raise GraphError(f"layer walk: {name} reads {missing[0]}, which has not been kept yet")
+        count, steps_total = self.images.shape[0], options.timesteps
+        out = {} if keep else None
+        events = event_convolutions(options)
+        spare: dict[str, torch.Tensor] = {}  # one float buffer per source, reused block after block
+        for start in range(0, count, options.batch_size):
+            batch = self.images[start : start + options.batch_size].to(options.device)
+            encoder = (make_encoder(batch, net.method, torch.arange(start, start + batch.shape[0]), options.seed)
+                       if graph.input.name in sources else None)
+            neurons = _Neurons(graph.node(name), batch.shape[0], batch.device, dtype=batch.dtype)
+            state = BatchState(graph, events)
+            for recorder in recorders:
+                recorder.begin_batch(graph, batch.shape[0])
+            for t0 in range(0, steps_total, options.chunk):
+                steps = min(options.chunk, steps_total - t0)
+                values = {s: _Value(unpack(self.kept[s][start, t0], spare, s, batch.dtype), False)
+                          for s in sources if s != graph.input.name}
+                if encoder is not None:
+                    values[graph.input.name] = _Value(encoder.next(steps), encoder.constant)
+                for node in nodes:
+                    inputs = [values[i] for i in node.inputs]
+                    if node.op == "spike":
+                        values[name] = state.fire(node, neurons, inputs[0], steps, recorders)
+                    else:
+                        values[node.name] = state.linear(node, inputs, steps)
+                for recorder in recorders:
+                    recorder.spikes(name, values[name].tensor)
+                if out is not None:
+                    out[start, t0] = values[name].tensor.bool()
+            for recorder in recorders:
+                recorder.end_batch()
+        if out is not None:
+            self._keep(name, out, sources)
+
+    def _keep(self, name: str, trains: dict, sources: set[str]) -> None:
+        """Keep ``name``'s spike trains and let go of those no node above still needs."""
+        self.kept[name] = trains
+        for source in sources:
+            if source in self.readers:
+                self.readers[source].discard(name)
+                if not self.readers[source]:
+                    self.kept.pop(source, None)

@@ -1,0 +1,69 @@
+"""The calibrations as they were before the layer walk, kept as the judge of
+:mod:`spkeras.layerwise`: every layer n is measured by a full simulation from the input of the
+network cut after n (rate calibration) or of the whole network (Spike-Norm), O(L²) layer
+simulations. ``benchmarks/conversion.py`` times them against the walk."""
+
+from __future__ import annotations
+
+import torch
+
+from spkeras.methods.framework import build, prepare
+from spkeras.methods.rate_calibration import add_bias, add_initial_potential, channel_means, rate_model_means
+from spkeras.methods.readout_calibration import calibrate_readout_delay
+from spkeras.simulate import MaxCurrent, NeuronCounts, RunOptions, simulate
+from spkeras.snn import SpikingNetwork
+
+
+def prefix(net: SpikingNetwork, name: str) -> SpikingNetwork:
+    """The network cut after node ``name`` (which becomes its output); tensors are shared."""
+    nodes = net.graph.nodes[: [n.name for n in net.graph.nodes].index(name) + 1]
+    return SpikingNetwork(net.graph.replace(nodes, name), net.method, net.timesteps, net.lambdas, net.cnn)
+
+
+def calibrate_rates_by_prefixes(net: SpikingNetwork, images: torch.Tensor, iterations: int,
+                                device: str = "cpu") -> SpikingNetwork:
+    """Rate calibration, each layer measured by simulating the prefix up to it from the input."""
+    targets = rate_model_means(net, images)
+    steps = net.timesteps
+    share = net.method.potential_share
+    for node in net.spike_nodes:
+        layer = net.graph.node(node.inputs[0])
+        if layer.op not in ("conv2d", "dense") or (node.name == net.graph.output and net.method.readout == "potential"):
+            continue
+        for _ in range(iterations):
+            counts = NeuronCounts([node.name])
+            simulate(prefix(net, node.name), images, RunOptions(timesteps=steps, readout="spikes", device=device),
+                     [counts])
+            simulated = channel_means(counts.totals[node.name]) / steps
+            error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
+            if share:
+                add_initial_potential(node, share * steps * error)
+            if share < 1:
+                add_bias(layer, (1 - share) * error)
+    return net
+
+
+def spike_norm_by_full_runs(graph, net: SpikingNetwork, images: torch.Tensor, device: str = "cpu") -> SpikingNetwork:
+    """Spike-Norm, each layer's largest current probed in a simulation of the whole network."""
+    lambdas = dict(net.lambdas)
+    for node in net.spike_nodes:
+        peak = MaxCurrent(node.name)
+        simulate(net, images, RunOptions(timesteps=net.method.spikenorm_timesteps, device=device), [peak])
+        current = net.graph.node(node.name).attrs["threshold"]
+        lambdas[node.name] = lambdas[node.name] * peak.value / current
+        net = build(graph, lambdas, net.method, net.timesteps, net.cnn)
+    return net
+
+
+def convert_by_full_runs(cnn, calibration: torch.Tensor, method, timesteps: int, device: str = "cpu") -> SpikingNetwork:
+    """The whole conversion with the calibrations above instead of the layer walk."""
+    prepared = prepare(cnn, calibration, method, device=device)
+    net = build(prepared.graph, prepared.lambdas, method, timesteps, prepared.reference)
+    if method.statistic == "spikenorm":
+        net = spike_norm_by_full_runs(prepared.graph, net, calibration[: method.spikenorm_images], device)
+    if method.rate_calibration:
+        net = calibrate_rates_by_prefixes(net, calibration[: method.rate_calibration_images], method.rate_calibration,
+                                          device)
+    if method.delay_calibration_images:
+        net = calibrate_readout_delay(net, calibration[: method.delay_calibration_images], device)
+    return net
