@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from spkeras import api
-from spkeras.evaluate import checked_images, cnn_predictions
+from spkeras.evaluation import checked_images, cnn_predictions
 from spkeras.importers import load_model
 from spkeras.methods import get_method
 from spkeras.methods.framework import method_for, prepare

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from spkeras import api
-from spkeras.evaluate import checked_images
+from spkeras.evaluation import checked_images
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate
 

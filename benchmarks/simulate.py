@@ -21,7 +21,7 @@ import torch
 
 from spkeras import api
 from spkeras.demo import asset
-from spkeras.evaluate import checked_images, peak_memory_mb
+from spkeras.evaluation import checked_images, peak_memory_mb
 from spkeras.ops import run_graph
 from spkeras.progress import set_quiet
 from spkeras.simulate import simulate

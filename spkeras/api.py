@@ -6,13 +6,12 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import distributed
-from .data import Dataset, load_dataset
+from .data import Dataset, dataset_from
+from .distributed import gather_rows, merge, shard, world
 from .errors import ConfigError
-from .evaluate import (MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, peak_memory_mb,
+from .evaluation import (MODES, EvaluationResult, checked_images, cnn_predictions, images_and_labels, peak_memory_mb,
                        run_snn, summarise)
 from .ir import Graph
 from .methods import get_method
@@ -39,16 +38,20 @@ def load_model(source, input_shape=None, torch_class: str | None = None) -> Grap
     return import_model(source, input_shape=input_shape, torch_class=torch_class)
 
 
-def as_dataset(data, n: int | None = None) -> Dataset:
-    """A Dataset from a path, a Dataset, or an (x, y) pair of NHWC arrays."""
-    if isinstance(data, Dataset):
-        return data.take(n)
-    if isinstance(data, (str, os.PathLike)):
-        return load_dataset(data, n)
-    x, y = data
-    x = np.asarray(x)
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    return Dataset(x=x, y=np.asarray(y, dtype=np.int64), classes=None, source="array").take(n)
+def as_dataset(data, n: int | None = None, **options) -> Dataset:
+    """A Dataset from any accepted form: a path (see :func:`spkeras.data.load_dataset`), a
+    Dataset, an ``(x, y)`` pair or dict of arrays or tensors, a bare image array (calibration
+    only), a torch Dataset or DataLoader (:func:`spkeras.data.dataset_from`)."""
+    return dataset_from(data, n, **options)
+
+
+def model_name(model) -> str:
+    """How a result names its model: the path, or the in-memory model's (or graph's) name."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    if isinstance(model, SpikingNetwork):
+        return model.graph.name
+    return str(getattr(model, "name", type(model).__name__))
 
 
 def check_device(device: str) -> str:
@@ -64,16 +67,17 @@ def check_device(device: str) -> str:
 
 
 def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = DEFAULT_CALIB_N, batch_size: int = 100,
-            device: str = "cpu", **options) -> PreparedConversion:
+            device: str = "cpu", input_shape=None, torch_class: str | None = None, **options) -> PreparedConversion:
     """The T-independent part of converting a CNN (path, keras.Model or Graph): import, passes
     and λ. ``.network(T)`` then gives the spiking network for any T, running every T-dependent
     step (build, Spike-Norm, rate and delay calibration, quantisation) in one place.
 
     ``method`` names a preset (``ecc``, ``ecc+``, ``rueckauer2017``, …); ``options`` override its
     switches (e.g. ``tre='initial'``, ``eta=0.6``). λ and the calibrations use the first
-    ``calib_n`` calibration images (None: all).
+    ``calib_n`` calibration images (None: all). ``input_shape`` and ``torch_class`` say how to
+    read a PyTorch model (see :func:`load_model`).
     """
-    graph = load_model(model)
+    graph = load_model(model, input_shape=input_shape, torch_class=torch_class)
     if isinstance(graph, SpikingNetwork):
         raise ConfigError("this model is already a converted .snn network")
     preset = get_method(method, **options)
@@ -85,18 +89,25 @@ def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = 
 
 
 def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, calib_n: int | None = DEFAULT_CALIB_N,
-            batch_size: int = 100, device: str = "cpu", **options) -> SpikingNetwork:
-    """Convert a CNN (path, keras.Model or Graph) into a SpikingNetwork for T steps:
-    ``prepare(model, calibration, method, …).network(timesteps)`` (see :func:`prepare`)."""
-    return prepare(model, calibration, method, calib_n, batch_size, device, **options).network(timesteps)
+            batch_size: int = 100, device: str = "cpu", input_shape=None, torch_class: str | None = None,
+            **options) -> SpikingNetwork:
+    """Convert a CNN (path, keras.Model, torch.nn.Module, ONNX model or Graph) into a SpikingNetwork
+    for T steps: ``prepare(model, calibration, method, …).network(timesteps)`` (see :func:`prepare`)."""
+    if timesteps < 1:
+        raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
+    return prepare(model, calibration, method, calib_n=calib_n, batch_size=batch_size, device=device,
+                   input_shape=input_shape, torch_class=torch_class, **options).network(timesteps)
 
 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
              mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
              batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
-             chunk: int = 8, early_exit: int | None = None, conv: str = "auto", **options) -> EvaluationResult:
+             chunk: int = 8, early_exit: int | None = None, conv: str = "auto", input_shape=None,
+             torch_class: str | None = None, **options) -> EvaluationResult:
     """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``.
 
+    ``model`` is anything :func:`load_model` reads (``input_shape`` and ``torch_class`` say how
+    to read a PyTorch model), a SpikingNetwork or a ``.snn`` file.
     ``chunk`` timesteps go through the stateless layers as one batch: memory grows with
     batch_size × chunk, speed too up to a point. ``early_exit=K`` stops each image once its
     prediction has been the same for K steps (a different readout, labelled in the result).
@@ -113,7 +124,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     torch.manual_seed(seed)
     started = time.perf_counter()
     dataset = as_dataset(data, n)
-    loaded = load_model(model)
+    loaded = load_model(model, input_shape=input_shape, torch_class=torch_class)
     if isinstance(loaded, SpikingNetwork) and any(v is not None for v in options.values()):
         raise ConfigError("method switches apply at conversion, and this network is already converted (.snn); "
                           "convert the CNN again with them")
@@ -124,8 +135,8 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
                       batch_size=batch_size, device=device, **{"readout": readout, **options})
     converted = time.perf_counter()
     images, labels = images_and_labels(dataset, net.cnn)
-    rank, size = distributed.world(device)
-    start, stop = distributed.shard(len(dataset), rank, size)
+    rank, size = world(device)
+    start, stop = shard(len(dataset), rank, size)
     cnn_pred = cnn_predictions(net.to(device).cnn, images[start:stop], batch_size, device)
     cnn_done = time.perf_counter()
     readout = readout or net.method.readout
@@ -134,8 +145,8 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     announce(f"simulating {stop - start} images ({mode}, T={timesteps})")
     record = run_snn(net, images[start:stop], run, mode, checkpoints, image_ids=torch.arange(start, stop))
     if size > 1:
-        record = distributed.merge(record, len(dataset), size)
-        cnn_pred = distributed.gather_rows(cnn_pred, len(dataset), size)
+        record = merge(record, len(dataset), size)
+        cnn_pred = gather_rows(cnn_pred, len(dataset), size)
     fields = summarise(net, record, labels, cnn_pred, timesteps, readout)
     notes = []
     if early_exit is not None:
@@ -154,7 +165,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
                  "conv": conv, "event_conv_share": record.event_conv_share,
                  "total_s": time.perf_counter() - started},
         settings=net.method.to_dict(), lambdas=net.lambdas, device=device, seed=seed,
-        model=str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "name", type(model).__name__),
+        model=model_name(model),
         data=dataset.source, converted_for_timesteps=net.timesteps, mode_description=MODES[mode], notes=notes,
         processes=size,
         **fields,

@@ -14,7 +14,7 @@ import torch
 from .errors import ConfigError, ModelError
 from .ir import Graph, neurons
 from .ops import run_graph
-from .progress import progress_bar
+from .progress import announce, progress_bar
 
 
 class _SiteStatistic:
@@ -73,6 +73,8 @@ def calibrate(
             stats[node.name].update(value)
 
     graph = graph.to(device)
+    statistic = "max" if percentile is None else f"{percentile} percentile"
+    announce(f"calibrating λ ({statistic} of {len(sites)} layers' activations, {count} images)")
     with torch.no_grad():
         for start in progress_bar(range(0, count, batch_size), desc="calibrating λ", unit="batch"):
             run_graph(graph, images[start : start + batch_size].to(device), observe=observe)

@@ -11,11 +11,14 @@ import sys
 import warnings
 
 from .errors import SpkerasError
-from .methods import PRESETS
 from . import options
+from .figures import FIGURES
 from .method import CHOICES
+from .version import __version__
 
-EPILOG = "Methods: " + "; ".join(f"{name}: {m.citation}" for name, m in PRESETS.items())
+EPILOG = options.presets_help()
+MODEL_HELP = ("the CNN: Keras (.keras, .h5), PyTorch (.pt/.pth TorchScript, or a state dict with --torch-class; "
+              "--input-shape) or ONNX (.onnx)")
 
 
 def _positive_int(text: str) -> int:
@@ -57,10 +60,36 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--calib-n", type=_positive_int, default=2000, help="use the first N calibration images (2000)")
 
 
+def _pair(text: str, kind=str) -> tuple:
+    parts = text.split(",")
+    try:
+        values = tuple(kind(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(values):
+        raise argparse.ArgumentTypeError(f"must be two comma-separated values, got {text!r}")
+    return values
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """How to read --data and --calib beyond the defaults."""
+    group = parser.add_argument_group("reading --data and --calib")
+    group.add_argument("--data-keys", type=_pair, metavar="X,Y",
+                       help="names of the image and label arrays in an .npz, or the stems of X.npy/Y.npy in a folder "
+                            "(default: x,y, then x_test,y_test and x_train,y_train)")
+    group.add_argument("--data-layout", choices=("auto", "nhwc", "nchw"),
+                       help="arrays are channels-last (nhwc) or channels-first (nchw); auto (default for .npz/.npy): "
+                            "whichever matches the model's input shape")
+    group.add_argument("--image-size", type=lambda t: _pair(t, int), metavar="H,W",
+                       help="resize the images of an image folder (class subfolders) to H x W (default: no resizing; "
+                            "they must then share one size)")
+
+
 def add_conversion_options(parser: argparse.ArgumentParser) -> None:
-    """Method switches, run options and model-reading options, for every converting command."""
+    """Method switches, run options, data and model-reading options, for every converting command."""
     add_method_options(parser)
     add_run_options(parser)
+    add_data_options(parser)
     add_model_options(parser)
 
 
@@ -82,8 +111,6 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_reproduce_parser(sub) -> None:
-    from .reproduce import FIGURES
-
     rep = sub.add_parser(
         "reproduce", help="the paper's Figures 3a-3e, 4, 5 and Table 2 (CSV, JSON, PNG; resumable)",
         description="Reproduce a figure of the paper: writes OUT/FIGURE.csv, .json and .png. Every simulation is "
@@ -91,8 +118,7 @@ def add_reproduce_parser(sub) -> None:
         "loses only the simulation in progress. Methods without spread TRE are simulated once, at the largest T, "
         "and read after every t; ECC's spread TRE depends on T and needs one run per T.")
     rep.add_argument("figure", choices=[*FIGURES, "all"],
-                     help="fig3a ablation; fig3b checkpoints; fig3c/fig3e accuracy and MOps vs T; fig3d accuracy vs "
-                     "MOps; fig4 b-bit weights; fig5 spike counts; table2 latency for near-zero loss; all")
+                     help="; ".join(f"{name}: {what}" for name, what in FIGURES.items()) + "; all of them")
     rep.add_argument("--model", action="append", required=True,
                      help="CNN (.keras/.h5); give it several times for fig3b's checkpoints (fig3a averages them; "
                      "other figures use the first)")
@@ -121,22 +147,23 @@ def build_parser() -> argparse.ArgumentParser:
         "and measure accuracy at every timestep, spikes, synaptic operations and energy.",
         epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"spkeras {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="layers, neurons, CNN operations (Eq. 13) and what will spike")
-    info.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
+    info.add_argument("model", help=f"{MODEL_HELP}, or a converted network (.snn)")
     info.add_argument("--spiking-pools", type=options.on_off, default=True, metavar="on|off")
     info.add_argument("--json", help="also write the table as JSON")
     add_model_options(info)
 
     conv = sub.add_parser("convert", help="convert a CNN into a spiking network file (.snn)")
-    conv.add_argument("model", help="Keras model (.keras or .h5)")
+    conv.add_argument("model", help=MODEL_HELP)
     conv.add_argument("-o", "--output", required=True, help="output .snn file (safetensors + JSON metadata)")
     conv.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
     add_conversion_options(conv)
 
     ev = sub.add_parser("evaluate", help="evaluate CNN and SNN on a dataset; accuracy at every timestep")
-    ev.add_argument("model", help="Keras model (.keras, .h5) or converted network (.snn)")
+    ev.add_argument("model", help=f"{MODEL_HELP}, or a converted network (.snn: no conversion)")
     ev.add_argument("--data", required=True, help="test images (.npz with x/y, MNIST .npz, CIFAR batch folder)")
     ev.add_argument("--timesteps", type=_positive_int, default=256, help="T, the simulation length (256)")
     ev.add_argument("--n", "--num-images", dest="n", type=_positive_int,
@@ -160,14 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_conversion_options(ev)
 
     export = sub.add_parser("export", help="write a converted network as a NIR graph (neuromorphic exchange format)")
-    export.add_argument("model", help="CNN (.keras, .h5, .pt, .onnx; converted first, needs --calib) or .snn")
+    export.add_argument("model", help=f"{MODEL_HELP} (converted first, needs --calib), or a converted network (.snn)")
     export.add_argument("--nir", required=True, help="output NIR file (HDF5; see docs/nir.md for the neuron semantics)")
     export.add_argument("--timesteps", type=_positive_int, default=256, help="T the network is made for (spread TRE)")
     add_conversion_options(export)
 
     add_reproduce_parser(sub)
 
-    demo = sub.add_parser("demo", help="built-in demo: ECC vs 2017-SNN on a small MNIST CNN, offline")
+    demo = sub.add_parser("demo", help="built-in demo: ECC, ecc+ and 2017-SNN on a small MNIST CNN, offline")
     demo.add_argument("--out", default="spkeras-demo", help="folder for the table, JSON and plots")
     add_run_options(demo)
     return parser

@@ -7,12 +7,12 @@ from pathlib import Path
 from . import api, distributed
 from .atomic import write_json, write_text
 from .formatting import format_table
-from .evaluate import EvaluationResult, default_checkpoints
+from .evaluation import EvaluationResult, default_checkpoints
 from .ir import neurons
 from .methods.framework import spike_sites
 from .metrics import cnn_operations
 from .options import method_overrides
-from .passes import canonicalise
+from .passes import canonicalisation_report, canonicalise
 from .plots import plot_curves
 from .snn import save_snn
 
@@ -26,9 +26,19 @@ def model_argument(args):
     return api.load_model(args.model, input_shape=shape, torch_class=torch_class)
 
 
+def data_argument(args, path):
+    """The data to hand to the API: the path itself, or the dataset read with --data-keys,
+    --data-layout and --image-size when given."""
+    options = {"keys": args.data_keys, "layout": args.data_layout, "image_size": args.image_size}
+    if path is None or all(v is None for v in options.values()):
+        return path
+    return api.as_dataset(path, **{k: v for k, v in options.items() if v is not None})
+
+
 def run_info(args) -> int:
     loaded = api.load_model(model_argument(args))
     graph = loaded.cnn if isinstance(loaded, api.SpikingNetwork) else canonicalise(loaded)
+    passes = [] if isinstance(loaded, api.SpikingNetwork) else canonicalisation_report(loaded)
     sites = set(spike_sites(graph, args.spiking_pools))
     ops = cnn_operations(graph)
     rows = []
@@ -39,16 +49,20 @@ def run_info(args) -> int:
     spiking = [r for r in rows if r[5]]
     print(f"\n{len(spiking)} spiking layers, {sum(r[4] for r in spiking)} spiking neurons; "
           f"CNN per image: {ops.macs / 1e6:.2f} M multiply-accumulates, {ops.eq13 / 1e6:.2f} MOps by Eq. 13")
+    print("\n".join(["passes (the table shows their result):", *[f"  {line}" for line in passes]]) if passes else
+          "passes: nothing to fold or remove" + (" (a converted network)" if isinstance(loaded, api.SpikingNetwork) else ""))
     if args.json:
         write_json(args.json, {"model": args.model, "macs_per_image": ops.macs, "eq13_ops_per_image": ops.eq13,
+                               "passes": passes,
                                "layers": [dict(zip(["node", "op", "source", "shape", "neurons", "spiking", "mmac"], r))
                                           for r in rows]})
     return 0
 
 
 def run_convert(args) -> int:
-    net = api.convert(model_argument(args), calibration=args.calib, method=args.method, timesteps=args.timesteps,
-                      calib_n=args.calib_n, batch_size=args.batch_size, device=args.device, **method_overrides(args))
+    net = api.convert(model_argument(args), calibration=data_argument(args, args.calib), method=args.method,
+                      timesteps=args.timesteps, calib_n=args.calib_n, batch_size=args.batch_size, device=args.device,
+                      **method_overrides(args))
     save_snn(net, args.output)
     print(f"wrote {args.output}: {net.method.name}, {len(net.spike_nodes)} spiking layers, made for T={net.timesteps}")
     return 0
@@ -78,7 +92,8 @@ def _event_share(timings: dict) -> str:
 def run_evaluate(args) -> int:
     model = model_argument(args)
     switches = method_overrides(args)
-    result = api.evaluate(model, data=args.data, calibration=args.calib, method=args.method, timesteps=args.timesteps,
+    result = api.evaluate(model, data=data_argument(args, args.data), calibration=data_argument(args, args.calib),
+                          method=args.method, timesteps=args.timesteps,
                           n=args.n, mode=args.mode, readout=switches.pop("readout"), device=args.device,
                           seed=args.seed, batch_size=args.batch_size, calib_n=args.calib_n,
                           checkpoints=args.checkpoints, chunk=args.chunk, early_exit=args.early_exit, conv=args.conv,
@@ -119,7 +134,8 @@ def run_export(args) -> int:
 
     loaded = api.load_model(model_argument(args))
     net = loaded if isinstance(loaded, api.SpikingNetwork) else api.convert(
-        loaded, calibration=args.calib, method=args.method, timesteps=args.timesteps, calib_n=args.calib_n,
+        loaded, calibration=data_argument(args, args.calib), method=args.method, timesteps=args.timesteps,
+        calib_n=args.calib_n,
         batch_size=args.batch_size, device=args.device, **method_overrides(args))
     for warning in write_nir(net, args.nir):
         print(f"spkeras: warning: {warning}", file=sys.stderr)

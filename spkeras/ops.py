@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .fixed_order import dense
 from .ir import Graph, GraphError, Node
 
 
@@ -32,7 +33,7 @@ def apply_linear(node: Node, inputs: list[torch.Tensor], bias_scale: float = 1.0
         if bias is not None:
             bias = bias * bias_scale if bias_scale != 1.0 else bias
         if op == "dense":
-            return F.linear(x, node.params["weight"], bias)
+            return dense(x, node.params["weight"], bias)
         return pad_and_conv(node, x, node.params["weight"], bias)
     scale = node.attrs.get("scale", 1.0)
     if op == "avgpool":

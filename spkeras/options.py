@@ -56,6 +56,20 @@ def add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return group
 
 
+def preset_settings(name: str) -> str:
+    """What a preset sets, as the CLI options that differ from the framework's defaults."""
+    preset, base = PRESETS[name], Method()
+    changed = [f"{flag(f)} {_shown(getattr(preset, f.name))}" for f in Method.switches()
+               if getattr(preset, f.name) != getattr(base, f.name)]
+    return ", ".join(changed) or "the framework's defaults"
+
+
+def presets_help() -> str:
+    """One line per preset: where it comes from and what it sets."""
+    return "Methods (--method): " + "; ".join(
+        f"{name}: {PRESETS[name].citation}; sets {preset_settings(name)}" for name in PRESETS) + "."
+
+
 def method_overrides(args: argparse.Namespace) -> dict:
     """The switches given on the command line, by field name (None: keep the preset's)."""
     return {field.name: getattr(args, field.name) for field in Method.switches()}

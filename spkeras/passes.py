@@ -54,3 +54,20 @@ def canonicalise(graph: Graph, use_eps: bool = True) -> Graph:
     graph = drop_dropout(graph)
     graph = fold_batchnorm(graph, use_eps=use_eps)
     return strip_softmax(graph)
+
+
+def canonicalisation_report(graph: Graph) -> list[str]:
+    """What :func:`canonicalise` does to ``graph``, one line per pass that changes it."""
+    def layers(op: str) -> list[str]:
+        return [n.source or n.name for n in graph.nodes_of(op)]
+
+    lines = []
+    if layers("batchnorm"):
+        lines.append(f"folded {len(layers('batchnorm'))} batch-norm layer(s) into the conv/dense layer before each "
+                     f"(Eq. 11–12, with ε: CMB): {', '.join(layers('batchnorm'))}")
+    if layers("dropout"):
+        lines.append(f"removed {len(layers('dropout'))} dropout layer(s) (identity at inference): "
+                     f"{', '.join(layers('dropout'))}")
+    if layers("softmax"):
+        lines.append(f"removed the final softmax {layers('softmax')[0]} (monotone: the argmax is unchanged)")
+    return lines

@@ -26,15 +26,34 @@ def _series(result, key: str):
     return [p[0] for p in points], [p[1] * (100 if key == "accuracy" else 1) for p in points]
 
 
+def curves_subtitle(results: dict) -> str:
+    """What every curve of a plot shares, so the figure stands alone: n, mode, readout, device
+    (and method and T when there is one result)."""
+    first = next(iter(results.values()))
+    modes = sorted({r.mode for r in results.values()})
+    parts = [f"n={first.n}", "/".join("time-stepped" if m == "simulate" else "closed form" for m in modes),
+             f"readout: {first.readout}", first.device]
+    if len(results) == 1:
+        parts = [f"{first.method}, T={first.timesteps}"] + parts
+    return ", ".join(parts)
+
+
 def plot_curves(results: dict, key: str, path, title: str = "", markers: dict | None = None) -> None:
     """Accuracy (%) or MOps per image against timesteps, one line per labelled result.
 
-    ``markers`` maps a label to (t, value) points drawn as dots (e.g. one conversion per T).
+    The title (default: the model and what is plotted) gets a second line saying what the
+    curves share (:func:`curves_subtitle`); a readout delay K is marked by a dotted vertical line
+    at t = K. ``markers`` maps a label to (t, value) points drawn as dots (e.g. one conversion per T).
     """
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    several_modes = len({r.mode for r in results.values()}) > 1
     for label, result in results.items():
         t, v = _series(result, key)
-        ax.plot(t, v, label=f"{label} ({result.mode})", linewidth=1.6)
+        line, = ax.plot(t, v, label=f"{label} ({result.mode})" if several_modes else label, linewidth=1.6)
+        delay = result.settings.get("readout_delay", 0)
+        if delay:
+            ax.axvline(delay, color=line.get_color(), linestyle=":", linewidth=1,
+                       label=f"{label}: output read after step {delay}")
     for label, points in (markers or {}).items():
         ax.plot([p[0] for p in points], [p[1] for p in points], "o", label=label)
     if key == "accuracy":
@@ -47,8 +66,9 @@ def plot_curves(results: dict, key: str, path, title: str = "", markers: dict | 
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
+    what = "accuracy" if key == "accuracy" else "synaptic operations"
+    model = os.path.basename(str(next(iter(results.values())).model))
+    ax.set_title(f"{title or f'{model}: {what} vs timesteps'}\n{curves_subtitle(results)}", fontsize=9)
     _save(fig, path)
 
 

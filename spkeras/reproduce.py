@@ -27,11 +27,12 @@ from typing import Callable
 
 import torch
 
-from . import __version__, api
+from . import api
+from .version import __version__
 from .atomic import write_json, write_text
 from .errors import ConfigError
 from .formatting import format_table
-from .evaluate import MODES, checked_images, images_and_labels
+from .evaluation import MODES, checked_images, images_and_labels
 from .methods import get_method
 from .methods.framework import PreparedConversion, prepare
 from .method import Method
@@ -576,6 +577,7 @@ FIGURES: dict[str, Callable[[Runner], Figure]] = {
     "fig3a": fig3a, "fig3b": fig3b, "fig3c": fig3c, "fig3d": fig3d, "fig3e": fig3e, "fig4": fig4, "fig5": fig5,
     "table2": table2,
 }
+
 
 
 # ---------------------------------------------------------------------- output

@@ -80,6 +80,13 @@ class SimulationRecord:
     exit_steps: torch.Tensor | None = None
     event_conv_share: float | None = None
 
+    def __getattr__(self, name: str):
+        replaced = {"neuron_counts": "NeuronCounts", "max_current": "MaxCurrent", "scores": "OutputScores"}
+        if name in replaced:
+            raise ConfigError(f"SimulationRecord.{name} is replaced by the {replaced[name]} recorder: "
+                              f"simulate(..., recorders=[{replaced[name]}(...)])")
+        raise AttributeError(name)
+
 
 class Recorder:
     """Receives per-step values while a network runs (:func:`simulate`, or one layer at a time in

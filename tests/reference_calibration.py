@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from spkeras.methods.framework import build, prepare
-from spkeras.methods.rate_calibration import add_bias, add_initial_potential, channel_means, rate_model_means
+from spkeras.methods.rate_calibration import channel_means, correct, correctable, rate_model_means
 from spkeras.methods.readout_calibration import calibrate_readout_delay
 from spkeras.simulate import MaxCurrent, NeuronCounts, RunOptions, simulate
 from spkeras.snn import SpikingNetwork
@@ -24,22 +24,12 @@ def calibrate_rates_by_prefixes(net: SpikingNetwork, images: torch.Tensor, itera
                                 device: str = "cpu") -> SpikingNetwork:
     """Rate calibration, each layer measured by simulating the prefix up to it from the input."""
     targets = rate_model_means(net, images)
-    steps = net.timesteps
-    share = net.method.potential_share
     for node in net.spike_nodes:
-        layer = net.graph.node(node.inputs[0])
-        if layer.op not in ("conv2d", "dense") or (node.name == net.graph.output and net.method.readout == "potential"):
-            continue
-        for _ in range(iterations):
+        for _ in range(iterations if correctable(net, node) else 0):
             counts = NeuronCounts([node.name])
-            simulate(prefix(net, node.name), images, RunOptions(timesteps=steps, readout="spikes", device=device),
+            simulate(prefix(net, node.name), images, RunOptions(timesteps=net.timesteps, readout="spikes", device=device),
                      [counts])
-            simulated = channel_means(counts.totals[node.name]) / steps
-            error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
-            if share:
-                add_initial_potential(node, share * steps * error)
-            if share < 1:
-                add_bias(layer, (1 - share) * error)
+            correct(net, node, targets[node.name], channel_means(counts.totals[node.name]) / net.timesteps)
     return net
 
 

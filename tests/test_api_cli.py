@@ -123,11 +123,15 @@ def test_cli_rejects_nonsense_options(args, fragment, capsys):
 
 def test_demo_writes_table_and_figures(tmp_path):
     text = run_demo(str(tmp_path), timesteps=(8, 16))
-    assert "ECC" in text and "2017-SNN" in text
+    assert "ECC" in text and "ecc+" in text and "2017-SNN" in text
     for name in ("demo.json", "demo.csv", "demo.txt", "accuracy.png", "mops.png"):
         assert (tmp_path / name).stat().st_size > 0
     data = json.loads((tmp_path / "demo.json").read_text())
-    assert set(data["ecc"]) == {"8", "16"}
+    assert set(data) == {"ecc", "ecc+", "rueckauer2017"} and all(set(v) == {"8", "16"} for v in data.values())
+    assert data["ecc+"]["8"]["converted_for_timesteps"] == 8 and data["ecc+"]["16"]["converted_for_timesteps"] == 16
+    rows = [line.split(",") for line in (tmp_path / "demo.csv").read_text().splitlines()[1:]]
+    accuracies = [cell for row in rows for cell in row[1::2]]
+    assert all(len(cell.split(".")[1]) == 2 for cell in accuracies), "every accuracy with two decimals"
 
 
 def test_vgg16_matches_reference_closed_form_and_operations():

@@ -27,7 +27,7 @@ from spkeras import cli
 from spkeras.demo import asset
 from spkeras.encoding import make_encoder
 from spkeras.errors import ModelError
-from spkeras.evaluate import checked_images
+from spkeras.evaluation import checked_images
 from spkeras.export.nir import to_nir, write_nir
 from spkeras.methods import get_method
 from spkeras.methods.framework import convert

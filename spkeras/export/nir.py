@@ -44,7 +44,7 @@ import os
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..atomic import atomic_path
 from ..errors import ModelError
 from ..snn import SpikingNetwork

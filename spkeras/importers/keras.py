@@ -8,8 +8,6 @@ that reads a Flatten output are permuted from (H, W, C) to (C, H, W) order.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
 import zipfile
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backend import choose_keras_backend
 from ..errors import ModelError
 from ..ir import Graph, Node
 
@@ -30,8 +29,7 @@ RELU_HINT = "; hidden activations must be ReLU"
 
 def import_keras():
     """Import Keras, choosing the torch backend when none is set and TensorFlow is absent."""
-    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec("tensorflow") is None:
-        os.environ["KERAS_BACKEND"] = "torch"
+    choose_keras_backend()
     import keras
 
     return keras

@@ -70,6 +70,10 @@ class PreparedConversion:
     batch_size: int = 100
     device: str = "cpu"
 
+    def __iter__(self):
+        raise ConfigError("prepare() returns a PreparedConversion: use its .graph, .lambdas and .reference, "
+                          "or .network(T) for the converted network")
+
     @property
     def key(self) -> dict:
         return self.method.preparation_key()

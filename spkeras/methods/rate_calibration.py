@@ -26,8 +26,10 @@ from ..snn import SpikingNetwork
 
 
 def channel_means(value: torch.Tensor) -> torch.Tensor:
-    """Mean over images and positions, per channel (per unit for flat layers)."""
-    return value.double().mean(dim=(0, 2, 3)) if value.dim() == 4 else value.double().mean(dim=0)
+    """Mean over images and positions, per channel (per unit for flat layers), in float64 with
+    numpy's fixed summation order (not a threaded reduction whose order follows the threads)."""
+    array = value.detach().cpu().double().numpy()
+    return torch.from_numpy(array.mean(axis=(0, 2, 3) if array.ndim == 4 else 0))
 
 
 def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -58,25 +60,37 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     """
     targets = rate_model_means(net, images)
     steps = net.timesteps
-    potential_share = net.method.potential_share
     walk = LayerWalk(net, images, RunOptions(timesteps=steps, readout="spikes", device=device))
     spikes = net.spike_nodes
     for index, node in enumerate(spikes, start=1):
         announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
-        layer = net.graph.node(node.inputs[0])
-        if layer.op in ("conv2d", "dense") and not (node.name == net.graph.output and net.method.readout == "potential"):
+        if correctable(net, node):
             for _ in range(iterations):
                 counts = NeuronCounts([node.name])
                 walk.run(net, node.name, [counts])
-                simulated = channel_means(counts.totals[node.name]) / steps
-                error = ((targets[node.name] - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
-                if potential_share:
-                    add_initial_potential(node, potential_share * steps * error)
-                if potential_share < 1:
-                    add_bias(layer, (1 - potential_share) * error)
+                correct(net, node, targets[node.name], channel_means(counts.totals[node.name]) / steps)
         if walk.needed(node.name):
             walk.run(net, node.name, keep=True)
     return net
+
+
+def correctable(net: SpikingNetwork, node: Node) -> bool:
+    """Whether a spike node gets a rate correction: fed by a conv or dense layer (whose bias takes
+    it), and not the output read from its potential (it does not fire)."""
+    layer = net.graph.node(node.inputs[0])
+    return layer.op in ("conv2d", "dense") and not (node.name == net.graph.output and net.method.readout == "potential")
+
+
+def correct(net: SpikingNetwork, node: Node, target: torch.Tensor, simulated: torch.Tensor) -> None:
+    """Add the error e_c = (target − simulated rate)·V_thr back to spike node ``node``: the share s
+    as initial potential s·T·e_c, the rest as bias (1 − s)·e_c on the layer feeding it."""
+    layer = net.graph.node(node.inputs[0])
+    share, steps = net.method.potential_share, net.timesteps
+    error = ((target - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
+    if share:
+        add_initial_potential(node, share * steps * error)
+    if share < 1:
+        add_bias(layer, (1 - share) * error)
 
 
 def add_initial_potential(node: Node, per_channel: torch.Tensor) -> None:

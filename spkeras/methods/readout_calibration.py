@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate import cnn_predictions
+from ..evaluation import cnn_predictions
 from ..progress import announce
 from ..simulate import OutputScores, RunOptions, simulate
 from ..snn import SpikingNetwork

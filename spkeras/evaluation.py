@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .atomic import write_json, write_text
 from .closed_form import closed_form
 from .data import DataError, Dataset
@@ -94,18 +94,27 @@ class EvaluationResult:
 
 
 def checked_images(data: Dataset, graph: Graph) -> torch.Tensor:
-    """Channels-first images, checked against the model's input shape."""
-    x = to_channels_first(torch.from_numpy(np.ascontiguousarray(data.x)))
-    if tuple(x.shape[1:]) != tuple(graph.input.shape):
-        raise DataError(
-            f"{data.source}: images have shape {tuple(data.x.shape[1:])} (H, W, C) but the model expects "
-            f"{tuple(graph.input.shape)} (C, H, W)"
-        )
-    return x
+    """Channels-first images, checked against the model's input shape. A dataset of layout
+    ``auto`` is read channels-last or channels-first, whichever matches the model."""
+    x = torch.from_numpy(np.ascontiguousarray(data.x))
+    expected = tuple(graph.input.shape)
+    readings = {"nhwc": to_channels_first(x), "nchw": x}
+    fits = [name for name, value in readings.items()
+            if data.layout in (name, "auto") and tuple(value.shape[1:]) == expected]
+    if len(fits) == 2:
+        raise DataError(f"{data.source}: images of shape {tuple(data.x.shape[1:])} fit the model's {expected} "
+                        "channels-first and channels-last; say which (layout='nchw' or 'nhwc', --data-layout)")
+    if not fits:
+        shown = {"nhwc": "(H, W, C)", "nchw": "(C, H, W)", "auto": "(either layout)"}[data.layout]
+        raise DataError(f"{data.source}: images have shape {tuple(data.x.shape[1:])} {shown} but the model expects "
+                        f"{expected} (C, H, W)")
+    return readings[fits[0]]
 
 
 def images_and_labels(data: Dataset, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
     """Channels-first images and labels, checked against the model's input shape and classes."""
+    if not data.labelled:
+        raise DataError(f"{data.source}: images without labels serve for calibration only; give (x, y) to evaluate")
     x = checked_images(data, graph)
     classes = graph.node(graph.output).shape[0]
     y = torch.from_numpy(data.y)
