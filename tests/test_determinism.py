@@ -57,3 +57,17 @@ def test_ecc_plus_result_json_is_identical_across_threads_and_batch_sizes(restor
     torch.set_num_threads(2)
     assert without_timings(api.evaluate(asset("mnist_cnn.keras"), batch_size=37, **common)).replace(
         '"batch_size": 37', '"batch_size": 100') == reference
+
+
+def test_cli_help_and_version_do_not_import_torch_or_keras():
+    """Start-up: `spkeras --help`, `--version` and argument errors answer without the heavy libraries."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from spkeras.cli import build_parser\n"
+            "try:\n    build_parser().parse_args(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'keras', 'numba', 'matplotlib') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    from spkeras.version import __version__
+
+    assert run.stdout.strip().splitlines() == [f"spkeras {__version__}", "[]"], run.stdout + run.stderr
