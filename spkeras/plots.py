@@ -31,8 +31,10 @@ def curves_subtitle(results: dict) -> str:
     (and method and T when there is one result)."""
     first = next(iter(results.values()))
     modes = sorted({r.mode for r in results.values()})
+    readouts = sorted({r.readout for r in results.values()})
     parts = [f"n={first.n}", "/".join("time-stepped" if m == "simulate" else "closed form" for m in modes),
-             f"readout: {first.readout}", first.device]
+             f"readout: {readouts[0]}" if len(readouts) == 1 else "readout: " + ", ".join(
+                 f"{label} {r.readout}" for label, r in results.items()), first.device]
     if len(results) == 1:
         parts = [f"{first.method}, T={first.timesteps}"] + parts
     return ", ".join(parts)
