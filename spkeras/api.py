@@ -84,7 +84,7 @@ def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = 
     images = None
     if calibration is not None:
         dataset = as_dataset(calibration)
-        images = checked_images(dataset.take(min(calib_n, len(dataset))) if calib_n else dataset, graph)
+        images = checked_images(dataset.at_most(calib_n), graph)
     return prepare_graph(graph, images, preset, batch_size=batch_size, device=check_device(device))
 
 

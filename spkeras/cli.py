@@ -115,8 +115,9 @@ def add_reproduce_parser(sub) -> None:
         "reproduce", help="the paper's Figures 3a-3e, 4, 5 and Table 2 (CSV, JSON, PNG; resumable)",
         description="Reproduce a figure of the paper: writes OUT/FIGURE.csv, .json and .png. Every simulation is "
         "cached under OUT/cache as soon as it finishes, so a rerun skips what is done and an interrupted run "
-        "loses only the simulation in progress. Methods without spread TRE are simulated once, at the largest T, "
-        "and read after every t; ECC's spread TRE depends on T and needs one run per T.")
+        "loses only the simulation in progress. A method whose network does not depend on T is simulated once, at "
+        "the largest T, and read after every t; one that does (spread TRE, rate or delay calibration) needs one run "
+        "per T.")
     rep.add_argument("figure", choices=[*FIGURES, "all"],
                      help="; ".join(f"{name}: {what}" for name, what in FIGURES.items()) + "; all of them")
     rep.add_argument("--model", action="append", required=True,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from . import api, distributed
 from .atomic import write_json, write_text
-from .formatting import format_table
 from .evaluation import EvaluationResult, default_checkpoints
+from .formatting import format_table
 from .ir import neurons
 from .methods.framework import spike_sites
 from .metrics import cnn_operations
@@ -135,8 +135,7 @@ def run_export(args) -> int:
     loaded = api.load_model(model_argument(args))
     net = loaded if isinstance(loaded, api.SpikingNetwork) else api.convert(
         loaded, calibration=data_argument(args, args.calib), method=args.method, timesteps=args.timesteps,
-        calib_n=args.calib_n,
-        batch_size=args.batch_size, device=args.device, **method_overrides(args))
+        calib_n=args.calib_n, batch_size=args.batch_size, device=args.device, **method_overrides(args))
     for warning in write_nir(net, args.nir):
         print(f"spkeras: warning: {warning}", file=sys.stderr)
     print(f"wrote {args.nir}: NIR graph of {net.method.name}, {len(net.spike_nodes)} spiking layers, "

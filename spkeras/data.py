@@ -98,6 +98,11 @@ class Dataset:
         """Number of images."""
         return len(self.x)
 
+    def at_most(self, n: int | None) -> "Dataset":
+        """The first ``n`` images, or all of them when there are fewer or ``n`` is None (a
+        calibration budget, unlike :meth:`take`, which refuses more than there are)."""
+        return self.take(min(n, len(self)) if n else None)
+
     def take(self, n: int | None) -> "Dataset":
         """Return the first ``n`` images (all when ``n`` is None)."""
         if n is None:
@@ -443,10 +448,9 @@ def dataset_from(data, n: int | None = None, layout: str = "auto", **load_option
 def _in_memory_arrays(data, n: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Images and labels (None when not given) as numpy arrays, from the in-memory forms."""
     if isinstance(data, dict):
-        missing = [k for k in ("x", "y") if k not in data]
         if "x" not in data:
-            raise DataError(f"dict data needs keys 'x' and 'y' (it has {', '.join(map(str, data)) or 'none'})")
-        return _numpy(data["x"]), _numpy(data["y"]) if not missing else None
+            raise DataError(f"dict data needs key 'x' (and 'y' for labels); it has {', '.join(map(str, data)) or 'none'}")
+        return _numpy(data["x"]), _numpy(data["y"]) if "y" in data else None
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _numpy(data[0]), _numpy(data[1])
     if isinstance(data, np.ndarray) or type(data).__module__.startswith("torch") and hasattr(data, "numpy"):
@@ -464,10 +468,8 @@ def _numpy(value) -> np.ndarray:
 
 
 def _is_torch_data(data) -> bool:
-    try:
-        from torch.utils.data import DataLoader, Dataset as TorchDataset
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    from torch.utils.data import DataLoader, Dataset as TorchDataset
+
     return isinstance(data, (DataLoader, TorchDataset))
 
 

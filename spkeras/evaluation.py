@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .version import __version__
 from .atomic import write_json, write_text
 from .closed_form import closed_form
 from .data import DataError, Dataset
@@ -23,6 +22,7 @@ from .metrics import ENERGY_PER_AC_PJ, ENERGY_PER_MAC_PJ, cnn_operations, energy
 from .ops import run_graph, to_channels_first
 from .simulate import RunOptions, SimulationRecord, simulate
 from .snn import SpikingNetwork
+from .version import __version__
 
 MODES = {
     "simulate": "time-stepped integrate-and-fire simulation (Eq. 2-4), every timestep",

@@ -36,10 +36,10 @@ def segment(graph: Graph, name: str) -> list[Node]:
     return [n for n in graph.nodes if n.name in needed and (n.name == name or n.op not in BOUNDARY_OPS)]
 
 
-def boundary(graph: Graph, name: str) -> set[str]:
-    """The spike nodes (and the input) whose outputs the segment of ``name`` reads."""
-    inside = {n.name for n in segment(graph, name)}
-    return {i for n in segment(graph, name) for i in n.inputs if i not in inside}
+def boundary(nodes: list[Node]) -> set[str]:
+    """The spike nodes (and the input) whose outputs a segment (:func:`segment`) reads."""
+    inside = {n.name for n in nodes}
+    return {i for n in nodes for i in n.inputs if i not in inside}
 
 
 def unpack(block: torch.Tensor, spare: dict[str, torch.Tensor], name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -65,7 +65,8 @@ class LayerWalk:
         self.options = options
         self.kept: dict[str, dict[tuple[int, int], torch.Tensor]] = {}  # name → (first image, t0) → block
         spikes = [n.name for n in net.spike_nodes]
-        self.readers = {name: {s for s in spikes if name in boundary(net.graph, s)} for name in spikes}
+        reads = {s: boundary(segment(net.graph, s)) for s in spikes}
+        self.readers = {name: {s for s in spikes if name in reads[s]} for name in spikes}
 
     def needed(self, name: str) -> bool:
         """Whether a spike node above reads ``name`` (so its spike trains are worth keeping)."""
@@ -77,7 +78,7 @@ class LayerWalk:
         options = self.options
         graph = net.to(options.device).graph
         nodes = segment(graph, name)
-        sources = boundary(graph, name)
+        sources = boundary(nodes)
         missing = sorted(s for s in sources if s != graph.input.name and s not in self.kept)
         if missing:
             raise GraphError(f"layer walk: {name} reads {missing[0]}, which has not been kept yet")

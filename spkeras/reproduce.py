@@ -213,7 +213,7 @@ class Runner:
     def calibration(self, graph) -> torch.Tensor:
         if self._calibration is None:
             data = api.as_dataset(self.s.calib)
-            self._calibration = data.take(min(self.s.calib_n, len(data))) if self.s.calib_n else data
+            self._calibration = data.at_most(self.s.calib_n)
         return checked_images(self._calibration, graph)
 
     def network(self, model: str, method: Method, timesteps: int):

@@ -67,7 +67,6 @@ class PreparedConversion:
     reference: Graph
     method: Method
     calibration: torch.Tensor | None
-    batch_size: int = 100
     device: str = "cpu"
 
     def __iter__(self):
@@ -116,7 +115,7 @@ def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_
     sites = spike_sites(folded, method.spiking_pools)
     lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
     graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
-    return PreparedConversion(graph, spike_lambdas, reference, method, calibration, batch_size, device)
+    return PreparedConversion(graph, spike_lambdas, reference, method, calibration, device)
 
 
 def convert(cnn: Graph, calibration: torch.Tensor | None, method: Method, timesteps: int, batch_size: int = 100,
