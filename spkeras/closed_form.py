@@ -15,7 +15,7 @@ import torch
 from .encoding import make_encoder
 from .ir import Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
-from .ops import apply_linear, run_graph
+from .ops import apply_stateless, run_graph
 from .progress import progress_bar
 from .simulate import SimulationRecord
 from .snn import SpikingNetwork
@@ -67,7 +67,7 @@ def closed_form(
             def apply(node, inputs, t=t):
                 if node.op == "spike":
                     return spike_count(node, inputs[0], t, fire=not (node.name == graph.output and readout == "potential"))
-                return apply_linear(node, inputs, bias_scale=float(t))
+                return apply_stateless(node, inputs, bias_scale=float(t))
 
             def observe(node, value):
                 if node.name in layers:

@@ -5,23 +5,38 @@ channels-first (N, C, H, W) or (N, F); shapes stored on nodes omit the batch axi
 Importers produce a CNN graph; passes rewrite it; the converter turns it into a
 spiking graph (``spike`` nodes replace ``relu``) that the simulator runs.
 
-Operators and their fields:
+Operators and their fields (padding is (top, bottom, left, right); kernel and stride (h, w)):
 
-==================  ==========================================  ===================================
+==================  ==========================================  =========================================
 op                  params                                      attrs
-==================  ==========================================  ===================================
+==================  ==========================================  =========================================
 input               –                                           –
-conv2d              weight (O, I, kh, kw), bias (O) optional     stride (sh, sw), padding (t, b, l, r)
+conv2d              weight (O, I/groups, kh, kw), bias (O)      stride, padding (zeros), groups (default 1)
+                    optional
 dense               weight (O, I), bias (O) optional            –
+affine              weight (C), bias (C)                        – (per-channel x·w + b: a batch-norm that
+                                                                cannot be folded, input preprocessing)
 batchnorm           gamma, beta, mean, var                      eps
-relu, softmax,      –                                           –
-dropout
+relu                –                                           max_value (None: plain ReLU; c: ReLU6 and
+                                                                other clipped ReLUs, min(max(x, 0), c))
+softmax, dropout    –                                           –
 avgpool             –                                           kernel, stride, scale (default 1)
+adaptive_avgpool    –                                           output_size (oh, ow), scale (default 1)
 global_avgpool      –                                           scale (default 1)
+maxpool             –                                           kernel, stride, padding (−∞: padded taps
+                                                                never win; ceil mode is extra bottom/right
+                                                                padding), scale (default 1), gate (spiking
+                                                                networks only: the pool passes the spikes
+                                                                of the input with the largest count)
+pad                 –                                           padding (zeros)
 flatten             –                                           – (channels-first order)
 add                 –                                           coefficients (default all 1)
+concat              –                                           coefficients (default all 1); joins its
+                                                                inputs along the channel axis
 spike               initial_potential (C, 1, 1) or (C) optional  threshold, reset, v_init, step_current
-==================  ==========================================  ===================================
+==================  ==========================================  =========================================
+
+A global max pool is a ``maxpool`` whose kernel is the whole map, followed by ``flatten``.
 """
 
 from __future__ import annotations
@@ -33,7 +48,9 @@ import torch
 
 from .errors import ModelError
 
-LINEAR_OPS = ("conv2d", "dense", "avgpool", "global_avgpool", "flatten", "add")
+LINEAR_OPS = ("conv2d", "dense", "affine", "avgpool", "adaptive_avgpool", "global_avgpool", "pad", "flatten", "add",
+              "concat")
+STATELESS_OPS = LINEAR_OPS + ("maxpool",)  # what a spiking network computes between its neurons
 WEIGHTED_OPS = ("conv2d", "dense")
 
 

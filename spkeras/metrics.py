@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .ir import Graph, Node
-from .ops import apply_linear
+from .ops import apply_stateless
 
 ENERGY_PER_AC_PJ = 0.9   # one accumulate, 45 nm (Horowitz 2014)
 ENERGY_PER_MAC_PJ = 4.6  # one multiply-accumulate, 45 nm (Horowitz 2014)
@@ -31,7 +31,7 @@ def structural_apply(node: Node, inputs: list[torch.Tensor]) -> torch.Tensor:
         ones.attrs["scale"] = float(inputs[0].shape[2] * inputs[0].shape[3])
     elif node.op == "add":
         ones.attrs["coefficients"] = [1.0] * len(inputs)
-    return apply_linear(ones, inputs)
+    return apply_stateless(ones, inputs)
 
 
 def source_layers(graph: Graph) -> list[str]:

@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .event_conv import EventConv, available as event_conv_available
 from .ir import Graph, Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
-from .ops import apply_linear
+from .ops import apply_stateless
 from .progress import progress_bar
 from .snn import SpikingNetwork
 
@@ -201,10 +201,10 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, d
     (:func:`_skip_silent_rows`).
     """
     if all(v.constant for v in inputs):
-        return _Value(apply_linear(node, [v.tensor for v in inputs]), True)
+        return _Value(apply_stateless(node, [v.tensor for v in inputs]), True)
     if len(inputs) == 1 and may_be_silent and not inputs[0].tensor.any():
         silent = inputs[0].tensor[0, :1]
-        out = apply_linear(node, [silent])
+        out = apply_stateless(node, [silent])
         return _Value(out.expand(inputs[0].tensor.shape[1], *out.shape[1:]), True)
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
     if node.op == "conv2d" and events is not None and events.worth_it(flat[0], node.params["weight"]):
@@ -213,7 +213,7 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, d
     elif node.op in SYNAPSES and len(flat) == 1 and node.name not in dense_rows:
         out = _skip_silent_rows(node, flat[0], dense_rows)
     else:
-        out = apply_linear(node, flat)
+        out = apply_stateless(node, flat)
     return _Value(out.view(steps, -1, *out.shape[1:]), False)
 
 
@@ -229,11 +229,11 @@ def _skip_silent_rows(node: Node, rows: torch.Tensor, dense_rows: set) -> torch.
     active = rows.flatten(1).any(1).nonzero().squeeze(1)
     if active.numel() > (1 - SILENT_ROWS_WORTH_SKIPPING) * rows.shape[0]:
         dense_rows.add(node.name)
-        return apply_linear(node, [rows])
-    silent = apply_linear(node, [torch.zeros_like(rows[:1])])
+        return apply_stateless(node, [rows])
+    silent = apply_stateless(node, [torch.zeros_like(rows[:1])])
     out = silent.expand(rows.shape[0], *silent.shape[1:]).contiguous()
     if active.numel():
-        out.index_copy_(0, active, apply_linear(node, [rows.index_select(0, active)]))
+        out.index_copy_(0, active, apply_stateless(node, [rows.index_select(0, active)]))
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from spkeras import api
 from spkeras.demo import asset
 from spkeras.ir import Node
-from spkeras.ops import apply_linear
+from spkeras.ops import apply_stateless
 
 
 @pytest.fixture
@@ -32,11 +32,11 @@ def test_a_dense_row_is_the_same_bits_in_any_batch_and_with_any_threads(inputs, 
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(rows, inputs, generator=g) < 0.1).float() * torch.rand(rows, inputs, generator=g)
     torch.set_num_threads(2)
-    full = apply_linear(node, [x])
+    full = apply_stateless(node, [x])
     torch.set_num_threads(1)
-    assert torch.equal(apply_linear(node, [x]), full), "thread count changed the result"
+    assert torch.equal(apply_stateless(node, [x]), full), "thread count changed the result"
     for lo, hi in ((0, 1), (3, 4), (5, rows - 2)):
-        assert torch.equal(apply_linear(node, [x[lo:hi]])[0], full[lo]), "batch composition changed a row"
+        assert torch.equal(apply_stateless(node, [x[lo:hi]])[0], full[lo]), "batch composition changed a row"
     assert torch.allclose(full, torch.nn.functional.linear(x, node.params["weight"], node.params["bias"]),
                           rtol=1e-5, atol=1e-5)
 

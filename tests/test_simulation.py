@@ -230,14 +230,14 @@ def test_rows_without_spikes_are_skipped_exactly(monkeypatch):
 
     net, images = converted("chain", "ecc")
     compacted = []
-    full_layer = simulate_module.apply_linear
+    full_layer = simulate_module.apply_stateless
 
     def recording(node, inputs, *args):
         out = full_layer(node, inputs, *args)
         compacted.append(node.op in simulate_module.SYNAPSES and inputs[0].shape[0] not in (1, images.shape[0] * 3))
         return out
 
-    monkeypatch.setattr(simulate_module, "apply_linear", recording)
+    monkeypatch.setattr(simulate_module, "apply_stateless", recording)
     assert_same_as_reference(net, images, runs=[(3, images.shape[0])], conv="dense")
     assert any(compacted), "no layer skipped silent rows: the test does not exercise the compacted path"
     rows = images.clone()

@@ -29,7 +29,7 @@ from ..calibrate import calibrate
 from ..errors import ConfigError
 from ..ir import Graph, GraphError, Node, insert_after, unique_name
 from ..layerwise import LayerWalk
-from ..ops import apply_linear
+from ..ops import apply_stateless
 from ..passes import canonicalise
 from ..progress import announce
 from ..quantise import quantise
@@ -165,11 +165,11 @@ def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
         if node.op in ("conv2d", "dense"):
             positive = Node(node.name, node.op, node.inputs, {k: v.clamp(min=0) for k, v in node.params.items()},
                             node.attrs, node.shape)
-            bound[node.name] = apply_linear(positive, [inputs[0].unsqueeze(0)])[0]
+            bound[node.name] = apply_stateless(positive, [inputs[0].unsqueeze(0)])[0]
         elif node.op == "relu":
             bound[node.name] = inputs[0]
         else:
-            bound[node.name] = apply_linear(node, [x.unsqueeze(0) for x in inputs])[0]
+            bound[node.name] = apply_stateless(node, [x.unsqueeze(0) for x in inputs])[0]
     return {s: float(bound[s].max()) for s in sites}
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..ir import Node
 from ..layerwise import LayerWalk
-from ..ops import apply_linear, run_graph
+from ..ops import apply_stateless, run_graph
 from ..progress import announce
 from ..simulate import NeuronCounts, RunOptions
 from ..snn import SpikingNetwork
@@ -39,7 +39,7 @@ def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> dict[str, tor
     def apply(node: Node, inputs):
         if node.op == "spike":
             return torch.clamp(inputs[0] / node.attrs["threshold"], 0, 1)
-        return apply_linear(node, inputs)
+        return apply_stateless(node, inputs)
 
     def observe(node, value):
         if node.op == "spike":
