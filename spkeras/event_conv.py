@@ -2,7 +2,8 @@
 it reaches, so the work is proportional to the spikes, not to the dense input.
 
 For input spikes s (rows, C, H, W), weights W (C_out, C, K_h, K_w) and bias b, the output is the
-same 2-D convolution as the dense layer: the current Z(t) of Eq. 3 from one timestep's spikes,
+same 2-D convolution as the dense layer (grouped convolutions: each input channel reaches only
+the output channels of its group): the current Z(t) of Eq. 3 from one timestep's spikes,
 
     Z[r, o, y', x'] = b[o] + Σ_{c, y, x : s[r, c, y, x] ≠ 0} s[r, c, y, x] · W[o, c, k_y, k_x],
     k_y = y + p_top − s_y·y',  k_x = x + p_left − s_x·x'
@@ -41,18 +42,22 @@ def available() -> bool:
     return numba is not None
 
 
-def _scatter_kernel(spikes, weights, bias, out, top, left, stride_y, stride_x):
+def _scatter_kernel(spikes, weights, bias, out, top, left, stride_y, stride_x, groups):
     """``out`` (rows, C_out, H', W') ← the convolution of ``spikes`` (rows, C, H, W) with
-    ``weights`` laid out (C, K_h, K_w, C_out); one row per thread at a time."""
+    ``weights`` laid out (C/groups, K_h, K_w, C_out); input channel c of group g = c // (C/groups)
+    reaches only that group's C_out/groups outputs. One row per thread at a time."""
     rows, channels, height, width = spikes.shape
     kernel_h, kernel_w, outputs = weights.shape[1], weights.shape[2], weights.shape[3]
     out_h, out_w = out.shape[2], out.shape[3]
+    per_group_in, per_group_out = channels // groups, outputs // groups
     for row in numba.prange(rows):
         total = np.empty((out_h, out_w, outputs), dtype=out.dtype)
         for oy in range(out_h):
             for ox in range(out_w):
                 total[oy, ox, :] = bias
         for c in range(channels):
+            first = (c // per_group_in) * per_group_out
+            kernel_channel = c % per_group_in
             for y in range(height):
                 for x in range(width):
                     value = spikes[row, c, y, x]
@@ -67,8 +72,8 @@ def _scatter_kernel(spikes, weights, bias, out, top, left, stride_y, stride_x):
                             if shifted_x < 0 or shifted_x % stride_x != 0 or shifted_x // stride_x >= out_w:
                                 continue
                             target = total[shifted_y // stride_y, shifted_x // stride_x]
-                            weight = weights[c, ky, kx]
-                            for o in range(outputs):
+                            weight = weights[kernel_channel, ky, kx]
+                            for o in range(first, first + per_group_out):
                                 target[o] += value * weight[o]
         for o in range(outputs):
             for oy in range(out_h):
@@ -99,8 +104,9 @@ class EventConv:
         return worth
 
     def conv2d(self, name: str, spikes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-               padding, stride) -> torch.Tensor:
-        """The convolution of ``spikes`` with the node's (top, bottom, left, right) ``padding``."""
+               padding, stride, groups: int = 1) -> torch.Tensor:
+        """The convolution of ``spikes`` with the node's (top, bottom, left, right) ``padding``
+        and ``groups``."""
         if name not in self.layouts:
             self.layouts[name] = weight.detach().permute(1, 2, 3, 0).contiguous()
         top, bottom, left, right = padding
@@ -111,7 +117,7 @@ class EventConv:
         out = torch.empty((rows, weight.shape[0], out_h, out_w), dtype=spikes.dtype)
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach()
         _compiled(spikes.detach().contiguous().numpy(), self.layouts[name].numpy(), bias.contiguous().numpy(),
-                  out.numpy(), top, left, stride[0], stride[1])
+                  out.numpy(), top, left, stride[0], stride[1], groups)
         return out
 
     @property

@@ -167,3 +167,15 @@ def initial_potential(node: Node):
     ``initial_potential`` parameter (a float, or a tensor that broadcasts over the node's shape)."""
     v_init = float(node.attrs["v_init"])
     return v_init + node.params["initial_potential"] if "initial_potential" in node.params else v_init
+
+
+def feeding_layer(graph: Graph, spike: Node) -> Node:
+    """The node whose scale and bias set spike node ``spike``'s input current: its input or,
+    below a max pool over currents, the conv, dense or affine layer that feeds only that pool
+    (max(a·z + b) = a·max(z) + b for a > 0 and a per-channel b, so both may move below the pool)."""
+    source = graph.node(spike.inputs[0])
+    if source.op == "maxpool":
+        below = graph.node(source.inputs[0])
+        if below.op in ("conv2d", "dense", "affine") and len(graph.consumers(below.name)) == 1:
+            return below
+    return source

@@ -33,7 +33,7 @@ class Method:
     normalisation (``threshold_rule``, ``cn``/``kappa`` for CN, Eq. 7–8, ``statistic``,
     ``percentile``, ``threshold_scale``), TRE (Eq. 9–10: ``tre``, ``eta``), CMB (Eq. 11–12:
     ``cmb``), neurons and input (``reset``, ``encoding``/``kappa0`` for Algorithm 1,
-    ``spiking_pools``), readout (``readout``, ``readout_delay``, ``readout_delay_fraction``,
+    ``spiking_pools``, ``maxpool``), readout (``readout``, ``readout_delay``, ``readout_delay_fraction``,
     ``delay_calibration_images``), section 4.4's b-bit weights (``bits``, ``rounding``) and the
     simulation-based calibrations (``spikenorm_*``, ``rate_calibration*``, ``potential_share``).
     """
@@ -62,6 +62,13 @@ class Method:
                            choices=("analog", "algorithm1", "poisson"))
     kappa0: float = switch(100.0, "Algorithm 1 input threshold κ₀")
     spiking_pools: bool = switch(True, "average-pooling layers get spiking neurons of their own")
+    maxpool: str = switch(
+        "accumulated", "max pooling: accumulated (the ReLU moves after the pool, max(ReLU(z)) = ReLU(max(z)); the "
+        "pool passes the step-to-step change of the largest accumulated input current of its window, so its "
+        "neuron integrates exactly the max of the total currents), current (the largest input current at each "
+        "step, as LTB and SpikingJelly do: exact only for constant currents) or gate (neurons before the pool; "
+        "it passes the spikes of the input with the largest spike count so far, Rueckauer et al. 2017)",
+        choices=("accumulated", "current", "gate"))
     readout: str = switch("spikes", "output: its spike count, or its membrane potential (non-firing)",
                           choices=("spikes", "potential"))
     readout_delay: int = switch(0, "read only what the output accumulates after step K (0: from the start); "
@@ -122,7 +129,8 @@ class Method:
 
     def preparation_key(self) -> dict:
         """The switches that the T-independent part of conversion (canonical graph and λ) depends on."""
-        return {"cmb": self.cmb, "spiking_pools": self.spiking_pools, "statistic": self.statistic,
+        return {"cmb": self.cmb, "spiking_pools": self.spiking_pools, "maxpool": self.maxpool,
+                "statistic": self.statistic,
                 "percentile": self.percentile if self.statistic == "percentile" else None}
 
     # ------------------------------------------------------------------ copies and files

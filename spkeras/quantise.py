@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .errors import ConfigError
-from .ir import Graph, Node
+from .ir import Graph, Node, feeding_layer
 
 ROUNDERS = {"nearest": torch.round, "trunc": torch.trunc}
 
@@ -34,7 +34,7 @@ def quantise(graph: Graph, bits: int, rounding: str = "trunc") -> None:
     """Quantise, in place, every layer that feeds a spiking neuron, and that neuron's threshold."""
     rounder = ROUNDERS[rounding]
     for neuron in graph.nodes_of("spike"):
-        layer = graph.node(neuron.inputs[0])
+        layer = feeding_layer(graph, neuron)
         factor = integer_factor(layer, bits)
         if layer.op == "avgpool":
             kh, kw = layer.attrs["kernel"]

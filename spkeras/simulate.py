@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .encoding import make_encoder
 from .errors import ConfigError
@@ -97,7 +98,8 @@ class Recorder:
     ``current(name, value)`` gets the input current Z(t) of spike node ``name`` (Eq. 3, before
     the TRE step current), ``(steps, B, …)`` or, the same at every step, ``(B, …)``;
     ``spikes(name, per_step)`` gets its output spikes ``(steps, B, …)`` (not the potential of an
-    output read without firing; the input's spikes too, unless it is an analog current);
+    output read without firing; the input's spikes too, unless it is an analog current; in a full
+    simulation, the spikes each max-pool gate passes);
     ``readout(cumulative, t0)`` gets the output's cumulative
     readout S(t) for steps t0+1 … before any readout delay (full simulations only).
     """
@@ -209,7 +211,7 @@ def _linear(node: Node, inputs: list[_Value], steps: int, may_be_silent: bool, d
     flat = [v.per_step(steps).flatten(0, 1) for v in inputs]
     if node.op == "conv2d" and events is not None and events.worth_it(flat[0], node.params["weight"]):
         out = events.conv2d(node.name, flat[0], node.params["weight"], node.params.get("bias"),
-                            node.attrs["padding"], node.attrs["stride"])
+                            node.attrs["padding"], node.attrs["stride"], node.attrs.get("groups", 1))
     elif node.op in SYNAPSES and len(flat) == 1 and node.name not in dense_rows:
         out = _skip_silent_rows(node, flat[0], dense_rows)
     else:
@@ -291,25 +293,97 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
+class _Gate:
+    """A spiking max pool (Rueckauer et al. 2017): at each step it passes, for every window, the
+    spike of the input unit with the largest spike count so far, this step included (ties: the
+    first unit of the window in row-major order); padded units never win. As T grows the chosen
+    unit becomes the one with the largest rate, so the pool's rate tends to the max of its inputs."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.counts: torch.Tensor | None = None
+
+    def accumulated(self, per_step: torch.Tensor) -> torch.Tensor:
+        """The running sums (steps, B, …) of the input, carried from chunk to chunk."""
+        cumulative = per_step.cumsum(0)
+        if self.counts is not None:
+            cumulative += self.counts
+        self.counts = cumulative[-1].clone()
+        return cumulative
+
+    def run(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Spikes (steps, B, C, H, W) in; the passed spikes (steps, B, C, H', W') out."""
+        cumulative = self.accumulated(spikes)
+        a = self.node.attrs
+        top, bottom, left, right = a["padding"]
+        counts = F.pad(cumulative.flatten(0, 1), (left, right, top, bottom), value=float("-inf"))
+        inputs = F.pad(spikes.flatten(0, 1), (left, right, top, bottom))
+        _, chosen = F.max_pool2d(counts, tuple(a["kernel"]), tuple(a["stride"]), return_indices=True)
+        passed = inputs.flatten(2).gather(2, chosen.flatten(2)).view(chosen.shape)
+        scale = a.get("scale", 1.0)
+        passed = passed * scale if scale != 1.0 else passed
+        return passed.view(spikes.shape[0], spikes.shape[1], *passed.shape[1:])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        if self.counts is not None:
+            self.counts = self.counts[rows]
+
+
+class _AccumulatedMax(_Gate):
+    """A max pool over currents that passes, at step t, M(t) − M(t−1), where M(t) is the max over
+    the window of the input currents accumulated up to t (M(0) = 0). The sum over T steps
+    telescopes to max_i Σ_t z_i(t): the neuron it feeds integrates exactly the largest total
+    current of its window, which is what the CNN's max of the mean currents asks for."""
+
+    def __init__(self, node: Node):
+        super().__init__(node)
+        self.last: torch.Tensor | None = None
+
+    def run(self, currents: torch.Tensor) -> torch.Tensor:
+        steps, batch = currents.shape[:2]
+        pooled = apply_stateless(self.node, [self.accumulated(currents).flatten(0, 1)])
+        pooled = pooled.view(steps, batch, *pooled.shape[1:])
+        before = torch.zeros_like(pooled[:1]) if self.last is None else self.last.unsqueeze(0)
+        self.last = pooled[-1].clone()
+        return torch.diff(pooled, dim=0, prepend=before)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        super().keep(rows)
+        if self.last is not None:
+            self.last = self.last[rows]
+
+
 class BatchState:
     """What one batch's run learns about its layers as chunks go by, shared by the full simulation
     and the layer walk so that both compute every value the same way: which values have been
     active (no longer checked for silence), which layers no longer skip silent rows, and the
-    event-driven convolution, if any."""
+    event-driven convolution, if any; and the state of its max pools (gate counts, accumulated currents)."""
 
     def __init__(self, graph: Graph, events: EventConv | None):
         self.events = events
+        self.gates = {n.name: _Gate(n) for n in graph.nodes_of("maxpool") if n.attrs.get("gate")}
+        self.pools = {**self.gates, **{n.name: _AccumulatedMax(n) for n in graph.nodes_of("maxpool")
+                                       if n.attrs.get("accumulate")}}
         self.active: set[str] = set()
         self.dense_rows: set[str] = set()
         self.layers = set(source_layers(graph))
         self.consumers = Counter(name for node in graph.nodes for name in node.inputs)
 
     def linear(self, node: Node, inputs: list[_Value], steps: int) -> _Value:
-        """A stateless node over this chunk (:func:`_linear`)."""
+        """A stateless node over this chunk (:func:`_linear`), or a max pool with a state (a gate,
+        :class:`_Gate`, or over accumulated currents, :class:`_AccumulatedMax`)."""
+        if node.name in self.pools:
+            self.active.update(node.inputs)
+            return _Value(self.pools[node.name].run(inputs[0].per_step(steps)), False)
         value = _linear(node, inputs, steps, node.inputs[0] not in self.active, self.dense_rows, self.events)
         if not value.constant:
             self.active.update(node.inputs)
         return value
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only these images' state (early exit)."""
+        for pool in self.pools.values():
+            pool.keep(rows)
 
     def fire(self, node: Node, neurons: "_Neurons", current: _Value, steps: int, recorders) -> _Value:
         """A spike node over this chunk; recorders see its input current first."""
@@ -414,6 +488,8 @@ def _simulate_batch(graph: Graph, net, batch, ids, options: RunOptions, readout,
                     recorder.spikes(node.name, values[node.name].tensor)
             else:
                 values[node.name] = state.linear(node, inputs, steps)
+                for recorder in recorders if node.name in state.gates else ():
+                    recorder.spikes(node.name, values[node.name].tensor)
             for name in node.inputs:  # free intermediate currents as soon as they are consumed
                 if last_use[name] == position and name not in layers:
                     del values[name]
@@ -440,6 +516,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, options: RunOptions, readout,
             stopper.record(running)
             running = running[keep]
             baseline = _keep_rows(keep, neurons, encoder, totals, baseline, stopper)
+            state.keep(keep)
     return predictions, stopper.exit_steps if stopper else None
 
 

@@ -119,11 +119,11 @@ def validate_shapes(net: SpikingNetwork, path) -> None:
     for graph in (net.graph, net.cnn):
         for node in graph.nodes:
             weight = node.params.get("weight")
-            if weight is None:
+            if weight is None or node.op == "affine":
                 continue
             source = graph.node(node.inputs[0])
             expected_out = node.shape[0]
-            expected_in = source.shape[0]
+            expected_in = source.shape[0] // node.attrs.get("groups", 1)
             if weight.shape[0] != expected_out or weight.shape[1] != expected_in:
                 raise ModelError(
                     f"{path}: weight of {node.name} has shape {tuple(weight.shape)}, "

@@ -254,3 +254,55 @@ def simulate_counting(net, images, timesteps, **options):
     record = simulate(net, images, timesteps, [counts], **options)
     record.neuron_counts = counts.totals
     return record
+
+
+def maxpool_cnn(dtype=torch.float64, seed=0, size=9, cap=1.0) -> Graph:
+    """(d) Real-world layers, part 1: conv → relu → maxpool(3, 2, padding 1) → conv → ReLU clipped at
+    ``cap`` → maxpool(2, 2) with ceil-mode padding (bottom/right) → flatten → dense → relu → dense."""
+    g = _gen(seed)
+    nodes = [
+        Node("input", "input"),
+        conv("conv1", ["input"], 3, 4, 3, (1, 1), (1, 1, 1, 1), g, dtype),
+        op("relu1", "relu", ["conv1"]),
+        op("pool1", "maxpool", ["relu1"], kernel=[3, 3], stride=[2, 2], padding=[1, 1, 1, 1]),
+        conv("conv2", ["pool1"], 4, 5, 3, (1, 1), (1, 1, 1, 1), g, dtype, scale=1.5),
+        op("relu2", "relu", ["conv2"], max_value=cap),
+        op("pool2", "maxpool", ["relu2"], kernel=[2, 2], stride=[2, 2], padding=[0, 1, 0, 1]),
+        op("flat", "flatten", ["pool2"]),
+    ]
+    p = -(-((size + 1) // 2) // 2)
+    nodes += [dense("fc1", ["flat"], 5 * p * p, 8, g, dtype), op("relu3", "relu", ["fc1"]),
+              dense("fc2", ["relu3"], 8, 4, g, dtype)]
+    return centre_logits(finish(nodes, "fc2", (3, size, size), name="maxpool"))
+
+
+def grouped_concat_cnn(dtype=torch.float64, seed=0, size=7) -> Graph:
+    """(e) Real-world layers, part 2: preprocessing affine → conv ('same', so the affine stays) →
+    relu → depthwise conv (groups 4, multiplier 2) → relu, and a 1×1 branch → relu; their concat
+    (12 channels) → batch-norm (kept as an affine node) → relu → grouped conv (groups 3) → relu → zero pad →
+    adaptive average pool (3, 3) with uneven windows → flatten → dense."""
+    g = _gen(seed)
+    nodes = [
+        Node("input", "input"),
+        Node("norm", "affine", ["input"], {"weight": _uniform(g, (2,), 2.0, 4.0, dtype),
+                                           "bias": _normal(g, (2,), 0.5, dtype)}),
+        conv("conv1", ["norm"], 2, 4, 3, (1, 1), (1, 1, 1, 1), g, dtype, scale=0.3),
+        op("relu1", "relu", ["conv1"]),
+        conv("dw", ["relu1"], 1, 8, 3, (1, 1), (1, 1, 1, 1), g, dtype),
+        op("relu_dw", "relu", ["dw"]),
+        conv("pw", ["relu1"], 4, 4, 1, (1, 1), (0, 0, 0, 0), g, dtype, scale=2.0),
+        op("relu_pw", "relu", ["pw"]),
+        op("cat", "concat", ["relu_dw", "relu_pw"]),
+        batchnorm("bn", ["cat"], 12, g, dtype),
+        op("relu_bn", "relu", ["bn"]),
+        conv("gconv", ["relu_bn"], 4, 6, 3, (1, 1), (1, 1, 1, 1), g, dtype),
+        op("relu_g", "relu", ["gconv"]),
+        op("pad", "pad", ["relu_g"], padding=[0, 1, 1, 0]),
+        op("pool", "adaptive_avgpool", ["pad"], output_size=[3, 3]),
+        op("flat", "flatten", ["pool"]),
+        dense("fc", ["flat"], 6 * 9, 4, g, dtype),
+    ]
+    nodes[4].attrs["groups"] = 4
+    nodes[11].attrs["groups"] = 3
+    nodes[2].params["bias"] = nodes[2].params["bias"].abs()
+    return centre_logits(finish(nodes, "fc", (2, size, size), name="grouped_concat"))

@@ -39,26 +39,95 @@ def first_argmax(values: torch.Tensor) -> int:
     return best
 
 
+def naive_conv(node: Node, x: torch.Tensor) -> torch.Tensor:
+    """A convolution group by group (each output channel reads only its group's input channels)."""
+    top, bottom, left, right = node.attrs["padding"]
+    x = F.pad(x, (left, right, top, bottom))
+    weight, bias = node.params["weight"], node.params.get("bias")
+    groups = node.attrs.get("groups", 1)
+    per_in, per_out = x.shape[1] // groups, weight.shape[0] // groups
+    parts = [F.conv2d(x[:, g * per_in : (g + 1) * per_in], weight[g * per_out : (g + 1) * per_out],
+                      stride=tuple(node.attrs["stride"])) for g in range(groups)]
+    out = torch.cat(parts, 1)
+    return out + bias.view(1, -1, 1, 1) if bias is not None else out
+
+
+def windows(node: Node, height: int, width: int):
+    """(output y, output x, [(input y, input x) of the window's real taps in row-major order]) of a max pool."""
+    top, bottom, left, right = node.attrs["padding"]
+    (kh, kw), (sh, sw) = node.attrs["kernel"], node.attrs["stride"]
+    out_h = (height + top + bottom - kh) // sh + 1
+    out_w = (width + left + right - kw) // sw + 1
+    for oy in range(out_h):
+        for ox in range(out_w):
+            taps = [(oy * sh + dy - top, ox * sw + dx - left) for dy in range(kh) for dx in range(kw)]
+            yield oy, ox, [(y, x) for y, x in taps if 0 <= y < height and 0 <= x < width]
+
+
+def naive_maxpool(node: Node, x: torch.Tensor) -> torch.Tensor:
+    """A max pool window by window over the real taps (padding never wins)."""
+    result = {}
+    for oy, ox, taps in windows(node, x.shape[2], x.shape[3]):
+        result[oy, ox] = torch.stack([x[0, :, y, xx] for y, xx in taps]).amax(0)
+    out_h, out_w = max(k[0] for k in result) + 1, max(k[1] for k in result) + 1
+    out = torch.stack([torch.stack([result[oy, ox] for ox in range(out_w)], -1) for oy in range(out_h)], -2)
+    return out.unsqueeze(0) * node.attrs.get("scale", 1.0)
+
+
+def naive_gate(node: Node, spikes: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """A max-pool gate: ``counts`` (already including this step's spikes) picks, per window and
+    channel, the first unit with the largest count; its spike passes."""
+    outputs = {}
+    for oy, ox, taps in windows(node, spikes.shape[2], spikes.shape[3]):
+        passed = torch.zeros(spikes.shape[1], dtype=spikes.dtype)
+        for c in range(spikes.shape[1]):
+            best = taps[0]
+            for tap in taps[1:]:
+                if counts[0, c, tap[0], tap[1]] > counts[0, c, best[0], best[1]]:
+                    best = tap
+            passed[c] = spikes[0, c, best[0], best[1]]
+        outputs[oy, ox] = passed
+    out_h, out_w = max(k[0] for k in outputs) + 1, max(k[1] for k in outputs) + 1
+    out = torch.stack([torch.stack([outputs[oy, ox] for ox in range(out_w)], -1) for oy in range(out_h)], -2)
+    return out.unsqueeze(0) * node.attrs.get("scale", 1.0)
+
+
 def naive_linear(node: Node, inputs: list[torch.Tensor]) -> torch.Tensor:
     """One stateless node on a single image (batch of 1)."""
     x = inputs[0]
     if node.op == "conv2d":
-        top, bottom, left, right = node.attrs["padding"]
-        x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, node.params["weight"], node.params.get("bias"), stride=tuple(node.attrs["stride"]))
+        return naive_conv(node, x)
     if node.op == "dense":
         return F.linear(x, node.params["weight"], node.params.get("bias"))
+    if node.op == "affine":
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * node.params["weight"].view(shape) + node.params["bias"].view(shape)
     if node.op == "avgpool":
         return F.avg_pool2d(x, tuple(node.attrs["kernel"]), tuple(node.attrs["stride"])) * node.attrs.get("scale", 1.0)
+    if node.op == "adaptive_avgpool":
+        (oh, ow), (height, width) = node.attrs["output_size"], x.shape[2:]
+        rows = [(i * height // oh, -(-(i + 1) * height // oh)) for i in range(oh)]
+        cols = [(j * width // ow, -(-(j + 1) * width // ow)) for j in range(ow)]
+        out = torch.stack([torch.stack([x[:, :, r0:r1, c0:c1].mean((2, 3)) for c0, c1 in cols], -1)
+                           for r0, r1 in rows], -2)
+        return out * node.attrs.get("scale", 1.0)
     if node.op == "global_avgpool":
         return F.avg_pool2d(x, tuple(x.shape[2:])).flatten(1) * node.attrs.get("scale", 1.0)
+    if node.op == "maxpool":
+        return naive_maxpool(node, x)
+    if node.op == "pad":
+        top, bottom, left, right = node.attrs["padding"]
+        return F.pad(x, (left, right, top, bottom))
     if node.op == "flatten":
         return x.reshape(1, -1)
-    if node.op == "add":
+    if node.op in ("add", "concat"):
         coefficients = node.attrs.get("coefficients") or [1.0] * len(inputs)
-        total = inputs[0] * coefficients[0]
-        for c, term in zip(coefficients[1:], inputs[1:]):
-            total = total + term * c
+        terms = [term * c for c, term in zip(coefficients, inputs)]
+        if node.op == "concat":
+            return torch.cat(terms, 1)
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
         return total
     raise AssertionError(f"unexpected op {node.op}")
 
@@ -71,7 +140,9 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scor
     readout = readout or method.readout
     graph = net.graph
     spike_nodes = [n for n in graph.nodes if n.op == "spike"]
-    layers = [graph.input.name] + [n.name for n in spike_nodes]
+    gates = {n.name for n in graph.nodes if n.op == "maxpool" and n.attrs.get("gate")}
+    accumulating = {n.name for n in graph.nodes if n.op == "maxpool" and n.attrs.get("accumulate")}
+    layers = [n.name for n in graph.nodes if n.name == graph.input.name or n.op == "spike" or n.name in gates]
     n_images = images.shape[0]
     ids = torch.arange(n_images) if image_ids is None else image_ids
     predictions = torch.empty((timesteps, n_images), dtype=torch.int64)
@@ -81,6 +152,9 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scor
     for i in range(n_images):
         x = images[i : i + 1]
         encoder_v = torch.zeros_like(x)
+        gate_counts = {name: torch.zeros((1, *graph.node(graph.node(name).inputs[0]).shape), dtype=x.dtype)
+                       for name in gates | accumulating}
+        largest = {name: torch.zeros((1, *graph.node(name).shape), dtype=x.dtype) for name in accumulating}
         potential = {n.name: torch.full((1, *n.shape), float(n.attrs["v_init"]), dtype=x.dtype)
                      + n.params.get("initial_potential", torch.zeros(())) for n in spike_nodes}
         for t in range(1, timesteps + 1):
@@ -103,6 +177,19 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scor
                 counts[graph.input.name][i] += s[0].double()
             for node in graph.nodes[1:]:
                 inputs = [values[k] for k in node.inputs]
+                if node.name in gates:
+                    gate_counts[node.name] = gate_counts[node.name] + inputs[0]
+                    s = naive_gate(node, inputs[0], gate_counts[node.name])
+                    values[node.name] = s
+                    per_step[t - 1, layers.index(node.name)] += float(s.sum())
+                    counts[node.name][i] += s[0].double()
+                    continue
+                if node.name in accumulating:  # the change of the window's largest accumulated current
+                    gate_counts[node.name] = gate_counts[node.name] + inputs[0]
+                    now = naive_maxpool(node, gate_counts[node.name])
+                    values[node.name] = now - largest[node.name]
+                    largest[node.name] = now
+                    continue
                 if node.op != "spike":
                     values[node.name] = naive_linear(node, inputs)
                     continue

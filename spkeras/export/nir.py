@@ -33,7 +33,9 @@ IAF layer, which resets by subtraction (but adds a floor at −v_threshold and m
 spikes per step unless configured with ``SingleSpike`` and ``min_v_mem=None``); Norse maps IF to
 reset-to-v_reset; snnTorch 1.0 maps IF to a leaky neuron (β = 0.9). docs/nir.md has the table.
 
-Refused, with a one-line ModelError: an initial membrane potential (TRE given as V(0), ``--tre
+Refused, with a one-line ModelError naming the layer and why (``NO_PRIMITIVE``): max pooling,
+concatenation, per-channel affine maps, stand-alone padding and adaptive pooling, which NIR has
+no primitive for; an initial membrane potential (TRE given as V(0), ``--tre
 initial``: NIR nodes start at rest), asymmetric convolution padding, and TRE current that has no
 bias to join.
 """
@@ -58,6 +60,15 @@ INPUTS = {
 NEURON_MODEL = ("discrete time, one NIR time unit per step: v <- v + I(t), where I(t) is the summed input of the "
                 "step including the bias; spike when v >= v_threshold (at most one spike per step); then "
                 "v <- v - v_threshold (reset: subtract) or v <- 0 (reset: zero); v starts at 0; no leak, no floor")
+
+
+NO_PRIMITIVE = {
+    "maxpool": "NIR has no max-pooling primitive (neither over currents nor as a spike gate)",
+    "concat": "NIR has no concatenation primitive (its edges sum their inputs)",
+    "affine": "NIR's Affine is a dense layer; a per-channel scale of a feature map has no primitive",
+    "pad": "NIR has no padding primitive apart from a Conv2d's own",
+    "adaptive_avgpool": "NIR has no adaptive pooling primitive",
+}
 
 
 def _nir():
@@ -146,7 +157,8 @@ class _Exporter:
         for node in graph.nodes[1:]:
             handler = getattr(self, f"_{node.op}", None)
             if handler is None:
-                raise ModelError(f"{node.source or node.name}: operator {node.op!r} cannot be exported to NIR")
+                reason = NO_PRIMITIVE.get(node.op, "NIR has no primitive for it")
+                raise ModelError(f"{node.source or node.name}: operator {node.op!r} cannot be exported to NIR: {reason}")
             self.outs[node.name] = handler(node, [self.outs[i] for i in node.inputs], pending.get(node.name, 0.0))
         out = graph.node(graph.output)
         self.put("output", nir.Output(output_type=np.array(out.shape)), self.outs[graph.output])
@@ -164,8 +176,10 @@ class _Exporter:
         weight = node.params["weight"].detach().cpu().float().numpy()
         bias = _bias(node, weight.shape[0]) + np.float32(current)
         conv = self.nir.Conv2d(input_shape=self.in_shape(node)[1:], weight=weight, stride=tuple(node.attrs["stride"]),
-                               padding=(top, left), dilation=1, groups=1, bias=bias,
+                               padding=(top, left), dilation=1, groups=node.attrs.get("groups", 1), bias=bias,
                                metadata=_meta(node, current))
+        if conv.groups != 1:  # nir infers the input channels as weight.shape[1], which is C/groups
+            conv.input_type = {"input": np.array(self.in_shape(node))}
         return [self.put(node.name, conv, sources[0])]
 
     def _dense(self, node, sources, current):

@@ -21,10 +21,26 @@ from ..errors import ModelError
 from ..ir import Graph, Node
 
 SUPPORTED_LAYERS = (
-    "Conv2D, Dense, BatchNormalization, ReLU/Activation('relu'), final softmax, "
-    "AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, Add"
+    "Conv2D (groups), DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
+    "ReLU/ReLU(max_value)/Activation('relu' or 'relu6'), final softmax, AveragePooling2D, MaxPooling2D, "
+    "GlobalAveragePooling2D, GlobalMaxPooling2D, ZeroPadding2D, Flatten, Reshape (to 1-D), Dropout, Add, "
+    "Concatenate (channels), Rescaling, Normalization"
 )
-RELU_HINT = "; hidden activations must be ReLU"
+RELU_HINT = "; hidden activations must be ReLU or clipped ReLU (ReLU6, ReLU(max_value))"
+CLIPPED_RELUS = {"relu": None, "relu6": 6.0}  # activation name → max_value of the relu node
+
+# Why an integrate-and-fire neuron cannot represent an activation: its firing rate is zero for a
+# negative input current and grows linearly (up to the maximum rate) above it.
+NEGATIVE = "its output can be negative, and an IF neuron's firing rate cannot be negative"
+NON_MONOTONE = "it is not monotone (it dips below zero before rising), which an IF neuron's rate cannot follow"
+SATURATING = "it is a smooth or saturating curve, non-zero for negative inputs, which an IF neuron's rate cannot follow"
+ACTIVATION_PROBLEMS = {
+    **dict.fromkeys(("leaky_relu", "elu", "selu", "celu", "tanh", "softsign", "hard_tanh", "tanh_shrink",
+                     "soft_shrink", "hard_shrink", "log_sigmoid", "log_softmax"), NEGATIVE),
+    **dict.fromkeys(("gelu", "silu", "swish", "hard_silu", "hard_swish", "mish", "glu"), NON_MONOTONE),
+    **dict.fromkeys(("sigmoid", "hard_sigmoid", "sparse_sigmoid", "softplus", "squareplus", "sparse_plus",
+                     "exponential"), SATURATING),
+}
 
 
 def import_keras():
@@ -238,27 +254,29 @@ class _Builder:
         call.name = self.claim(layer.name, own=layer.name)
         nodes = handler(self, call)
         self._track_flatten(call, nodes)
-        shape = self._output_shape(call)
-        for node in nodes:
-            node.shape, node.source = _channels_first(shape), f"{layer.name} ({type(layer).__name__})"
+        shape = self.output_shape(call)
+        for node in nodes:  # handlers set the shapes of inner nodes (a separable conv's depthwise half)
+            node.shape = node.shape or _channels_first(shape)
+            node.source = f"{layer.name} ({type(layer).__name__})"
         self.nodes += nodes
         self.produced[layer.name] = nodes[-1].name if nodes else inputs[0]
         self.shapes[layer.name] = shape
 
     def _track_flatten(self, call: _Call, nodes: list[Node]) -> None:
-        """Follow Flatten outputs through Dropout to the Dense layers that must permute their columns."""
+        """Follow Flatten outputs (and Reshapes to 1-D, which are flattens) through Dropout and further
+        flattens to the Dense layers that must permute their columns."""
         carried = [name for name in call.inputs if name in self.flattened]
-        if carried and nodes and nodes[0].op not in ("dense", "dropout"):
+        if carried and nodes and nodes[0].op not in ("dense", "dropout", "flatten"):
             raise call.error(
                 f"reads the output of Flatten {carried[0]!r}; only Dense (optionally after Dropout) may follow Flatten"
             )
-        if nodes and nodes[0].op == "dropout" and carried:
+        if nodes and nodes[0].op in ("dropout", "flatten") and carried:
             self.flattened[nodes[0].name] = self.flattened[carried[0]]
         shape = call.shapes[0]
         if nodes and nodes[0].op == "flatten" and len(shape) == 3 and shape[:2] != (1, 1):
             self.flattened[nodes[0].name] = shape
 
-    def _output_shape(self, call: _Call) -> tuple[int, ...]:
+    def output_shape(self, call: _Call) -> tuple[int, ...]:
         """The layer's Keras output shape, batch omitted."""
         shapes = [(None,) + shape for shape in call.shapes]
         shape = call.layer.compute_output_shape(shapes if len(shapes) > 1 else shapes[0])
@@ -274,10 +292,6 @@ class _Builder:
 
 def _hint(keras, layer) -> str:
     """Advice appended to the unsupported-layer message."""
-    if isinstance(layer, keras.layers.MaxPooling2D):
-        return "; replace MaxPooling2D by AveragePooling2D and fine-tune"
-    if isinstance(layer, (keras.layers.LeakyReLU, keras.layers.PReLU, keras.layers.ELU)):
-        return RELU_HINT
     if isinstance(layer, keras.Model):
         return "; nested models are not supported"
     if not isinstance(layer, keras.layers.Layer):
@@ -290,16 +304,29 @@ def _handlers(keras) -> dict:
     layers = keras.layers
     return {
         layers.Conv2D: _conv2d,
+        layers.DepthwiseConv2D: _depthwise_conv2d,
+        layers.SeparableConv2D: _separable_conv2d,
         layers.Dense: _dense,
         layers.BatchNormalization: _batchnorm,
         layers.Activation: _activation_layer,
         layers.ReLU: _relu_layer,
+        layers.LeakyReLU: _unrepresentable_layer,
+        layers.PReLU: _unrepresentable_layer,
+        layers.ELU: _unrepresentable_layer,
         layers.Softmax: _softmax_layer,
         layers.AveragePooling2D: _avgpool,
+        layers.MaxPooling2D: _maxpool,
         layers.GlobalAveragePooling2D: _global_avgpool,
+        layers.GlobalMaxPooling2D: _global_maxpool,
+        layers.ZeroPadding2D: _zero_padding,
         layers.Flatten: _flatten,
+        layers.Reshape: _reshape,
+        layers.Permute: _permute,
         layers.Dropout: _dropout,
         layers.Add: _add,
+        layers.Concatenate: _concatenate,
+        layers.Rescaling: _rescaling,
+        layers.Normalization: _normalization,
     }
 
 
@@ -309,16 +336,33 @@ def _activation_name(layer) -> str:
     return value if isinstance(value, str) else "a custom function"
 
 
+def _relu_node(name: str, source: str, max_value) -> Node:
+    """A relu node, clipped at ``max_value`` unless it is None."""
+    attrs = {} if max_value is None else {"max_value": float(max_value)}
+    return Node(name, "relu", [source], attrs=attrs)
+
+
+def _activation_error(c: _Call, act: str) -> ModelError:
+    """Why the activation ``act`` (a name, or 'a custom function') of the layer cannot be converted."""
+    problem = ACTIVATION_PROBLEMS.get(act)
+    what = act if act == "a custom function" else repr(act)
+    if problem:
+        return c.error(f"activation {what} cannot be converted: {problem}{RELU_HINT}")
+    return c.error(f"unsupported activation {what}{RELU_HINT} (softmax only on the final layer)")
+
+
 def _fused_activation(b: _Builder, c: _Call, main: Node) -> list[Node]:
     """``main`` followed by the node of the layer's ``activation=`` argument, if any."""
     act = _activation_name(c.layer)
     if act == "linear":
         return [main]
-    if act == "relu" or (act == "softmax" and c.is_output):
+    if act in CLIPPED_RELUS:
+        return [main, _relu_node(b.claim(f"{c.layer.name}_{act}"), main.name, CLIPPED_RELUS[act])]
+    if act == "softmax" and c.is_output:
         return [main, Node(b.claim(f"{c.layer.name}_{act}"), act, [main.name])]
     if act == "softmax":
         raise c.error("softmax is only supported on the final layer")
-    raise c.error(f"unsupported activation {act!r}{RELU_HINT} (softmax only on the final layer)")
+    raise _activation_error(c, act)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> list[int]:
@@ -334,21 +378,70 @@ def _require_channels_last(c: _Call) -> None:
         raise c.error(f"data_format {c.layer.data_format!r} is not supported; use channels_last")
 
 
-def _conv2d(b: _Builder, c: _Call) -> list[Node]:
-    """Conv2D → conv2d (+ fused activation)."""
-    layer = c.layer
+def _window_padding(c: _Call, kernel, strides) -> list[int]:
+    """The (top, bottom, left, right) padding of a conv or pooling layer's ``padding`` argument."""
+    (h, w, _), (kh, kw), (sh, sw) = c.shapes[0], kernel, strides
+    return _same_padding(h, kh, sh) + _same_padding(w, kw, sw) if c.layer.padding == "same" else [0, 0, 0, 0]
+
+
+def _check_conv(c: _Call) -> None:
+    """Refuse channels-first and dilated convolutions."""
     _require_channels_last(c)
-    if tuple(layer.dilation_rate) != (1, 1):
-        raise c.error(f"dilation_rate {tuple(layer.dilation_rate)} is not supported; only 1")
-    if layer.groups != 1:
-        raise c.error(f"groups={layer.groups} is not supported; only 1")
-    (h, w, _), (kh, kw), (sh, sw) = c.shapes[0], layer.kernel_size, layer.strides
-    padding = _same_padding(h, kh, sh) + _same_padding(w, kw, sw) if layer.padding == "same" else [0, 0, 0, 0]
-    params = {"weight": b.param(c, layer.kernel).permute(3, 2, 0, 1).contiguous()}
+    if tuple(c.layer.dilation_rate) != (1, 1):
+        raise c.error(f"dilation_rate {tuple(c.layer.dilation_rate)} is not supported; only 1")
+
+
+def _conv_attrs(c: _Call, groups: int = 1) -> dict:
+    """stride, padding and (when not 1) groups of a conv2d node for this layer."""
+    attrs = {"stride": list(c.layer.strides), "padding": _window_padding(c, c.layer.kernel_size, c.layer.strides)}
+    if groups != 1:
+        attrs["groups"] = groups
+    return attrs
+
+
+def _conv2d(b: _Builder, c: _Call) -> list[Node]:
+    """Conv2D → conv2d, grouped when ``groups`` > 1 (+ fused activation)."""
+    layer = c.layer
+    _check_conv(c)
+    params = {"weight": b.param(c, layer.kernel).permute(3, 2, 0, 1).contiguous()}  # (O, I/groups, kh, kw)
     if layer.use_bias:
         params["bias"] = b.param(c, layer.bias)
-    node = Node(c.name, "conv2d", [c.inputs[0]], params, {"stride": [sh, sw], "padding": padding})
+    node = Node(c.name, "conv2d", [c.inputs[0]], params, _conv_attrs(c, layer.groups))
     return _fused_activation(b, c, node)
+
+
+def _depthwise_weight(b: _Builder, c: _Call, variable) -> torch.Tensor:
+    """A Keras depthwise kernel (kh, kw, C, M) as a grouped conv2d weight (C·M, 1, kh, kw): output channel
+    c·M + m is input channel c filtered by its m-th kernel, Keras's channel order."""
+    kernel = b.param(c, variable)
+    kh, kw, channels, multiplier = kernel.shape
+    return kernel.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw).contiguous()
+
+
+def _depthwise_conv2d(b: _Builder, c: _Call) -> list[Node]:
+    """DepthwiseConv2D → conv2d with groups = input channels (+ fused activation)."""
+    layer = c.layer
+    _check_conv(c)
+    params = {"weight": _depthwise_weight(b, c, layer.kernel)}
+    if layer.use_bias:
+        params["bias"] = b.param(c, layer.bias)
+    node = Node(c.name, "conv2d", [c.inputs[0]], params, _conv_attrs(c, c.shapes[0][2]))
+    return _fused_activation(b, c, node)
+
+
+def _separable_conv2d(b: _Builder, c: _Call) -> list[Node]:
+    """SeparableConv2D → depthwise conv2d (no bias) → pointwise 1×1 conv2d (the bias) (+ fused activation)."""
+    layer = c.layer
+    _check_conv(c)
+    weight = _depthwise_weight(b, c, layer.depthwise_kernel)
+    h, w, _ = b.output_shape(c)
+    depthwise = Node(b.claim(f"{layer.name}_depthwise"), "conv2d", [c.inputs[0]], {"weight": weight},
+                     _conv_attrs(c, c.shapes[0][2]), shape=(weight.shape[0], h, w))
+    params = {"weight": b.param(c, layer.pointwise_kernel).permute(3, 2, 0, 1).contiguous()}
+    if layer.use_bias:
+        params["bias"] = b.param(c, layer.bias)
+    pointwise = Node(c.name, "conv2d", [depthwise.name], params, {"stride": [1, 1], "padding": [0, 0, 0, 0]})
+    return [depthwise] + _fused_activation(b, c, pointwise)
 
 
 def _dense(b: _Builder, c: _Call) -> list[Node]:
@@ -384,23 +477,32 @@ def _batchnorm(b: _Builder, c: _Call) -> list[Node]:
 
 
 def _activation_layer(b: _Builder, c: _Call) -> list[Node]:
-    """Activation('relu') → relu, final Activation('softmax') → softmax, Activation('linear') → nothing."""
+    """Activation('relu') → relu, Activation('relu6') → relu clipped at 6, final Activation('softmax') → softmax,
+    Activation('linear') → nothing."""
     act = _activation_name(c.layer)
     if act == "linear":
         return []
-    if act == "relu":
-        return [Node(c.name, "relu", [c.inputs[0]])]
+    if act in CLIPPED_RELUS:
+        return [_relu_node(c.name, c.inputs[0], CLIPPED_RELUS[act])]
     if act == "softmax":
         return _softmax_layer(b, c)
-    raise c.unsupported(f"{RELU_HINT}, not {act!r}")
+    raise _activation_error(c, act)
 
 
 def _relu_layer(b: _Builder, c: _Call) -> list[Node]:
-    """ReLU() with default arguments → relu."""
+    """ReLU() → relu; ReLU(max_value=c) → relu clipped at c. A negative slope or a threshold is refused."""
     config = c.layer.get_config()
-    if config["max_value"] is not None or config["negative_slope"] != 0 or config["threshold"] != 0:
-        raise c.error("only ReLU() with default max_value, negative_slope and threshold is supported")
-    return [Node(c.name, "relu", [c.inputs[0]])]
+    if config["negative_slope"] != 0:
+        raise c.error(f"negative_slope={config['negative_slope']} cannot be converted: {NEGATIVE}{RELU_HINT}")
+    if config["threshold"] != 0:
+        raise c.error(f"threshold={config['threshold']} cannot be converted: the output jumps from 0 to the "
+                      f"threshold, which an IF neuron's rate cannot follow{RELU_HINT}")
+    return [_relu_node(c.name, c.inputs[0], config["max_value"])]
+
+
+def _unrepresentable_layer(b: _Builder, c: _Call) -> list[Node]:
+    """LeakyReLU, PReLU, ELU: refused, saying why."""
+    raise c.error(f"cannot be converted: {NEGATIVE}{RELU_HINT}")
 
 
 def _softmax_layer(b: _Builder, c: _Call) -> list[Node]:
@@ -423,18 +525,62 @@ def _avgpool(b: _Builder, c: _Call) -> list[Node]:
     return [Node(c.name, "avgpool", [c.inputs[0]], attrs={"kernel": [kh, kw], "stride": [sh, sw]})]
 
 
+def _maxpool(b: _Builder, c: _Call) -> list[Node]:
+    """MaxPooling2D → maxpool; 'same' padding is TensorFlow's, with −∞ padded taps."""
+    layer = c.layer
+    _require_channels_last(c)
+    attrs = {"kernel": list(layer.pool_size), "stride": list(layer.strides),
+             "padding": _window_padding(c, layer.pool_size, layer.strides)}
+    return [Node(c.name, "maxpool", [c.inputs[0]], attrs=attrs)]
+
+
 def _global_avgpool(b: _Builder, c: _Call) -> list[Node]:
-    """GlobalAveragePooling2D(keepdims=False) → global_avgpool."""
+    """GlobalAveragePooling2D → global_avgpool, or with keepdims=True an avgpool over the whole map."""
     _require_channels_last(c)
     if c.layer.keepdims:
-        raise c.error("keepdims=True is not supported")
+        h, w, _ = c.shapes[0]
+        return [Node(c.name, "avgpool", [c.inputs[0]], attrs={"kernel": [h, w], "stride": [h, w]})]
     return [Node(c.name, "global_avgpool", [c.inputs[0]])]
+
+
+def _global_maxpool(b: _Builder, c: _Call) -> list[Node]:
+    """GlobalMaxPooling2D → maxpool over the whole map, then (unless keepdims=True) flatten."""
+    _require_channels_last(c)
+    h, w, channels = c.shapes[0]
+    pool = Node(c.name, "maxpool", [c.inputs[0]], attrs={"kernel": [h, w], "stride": [h, w], "padding": [0, 0, 0, 0]})
+    if c.layer.keepdims:
+        return [pool]
+    pool.shape = (channels, 1, 1)
+    return [pool, Node(b.claim(f"{c.layer.name}_flatten"), "flatten", [pool.name])]
+
+
+def _zero_padding(b: _Builder, c: _Call) -> list[Node]:
+    """ZeroPadding2D → pad (top, bottom, left, right)."""
+    _require_channels_last(c)
+    (top, bottom), (left, right) = c.layer.padding
+    return [Node(c.name, "pad", [c.inputs[0]], attrs={"padding": [top, bottom, left, right]})]
 
 
 def _flatten(b: _Builder, c: _Call) -> list[Node]:
     """Flatten → flatten (channels-first order; the next Dense is permuted to match)."""
     _require_channels_last(c)
     return [Node(c.name, "flatten", [c.inputs[0]])]
+
+
+FLATTEN_ONLY = "only pure flattening (a Reshape to a 1-D shape, like Flatten) is supported"
+
+
+def _reshape(b: _Builder, c: _Call) -> list[Node]:
+    """Reshape to a 1-D shape → flatten, exactly like Flatten; other reshapes are refused."""
+    shape = b.output_shape(c)
+    if len(shape) != 1:
+        raise c.error(f"reshaping {c.shapes[0]} to {shape} is not supported; {FLATTEN_ONLY}")
+    return [Node(c.name, "flatten", [c.inputs[0]])]
+
+
+def _permute(b: _Builder, c: _Call) -> list[Node]:
+    """Permute: refused."""
+    raise c.error(f"permuting axes {tuple(c.layer.dims)} is not supported; {FLATTEN_ONLY}")
 
 
 def _dropout(b: _Builder, c: _Call) -> list[Node]:
@@ -445,3 +591,55 @@ def _dropout(b: _Builder, c: _Call) -> list[Node]:
 def _add(b: _Builder, c: _Call) -> list[Node]:
     """Add → add over all inputs."""
     return [Node(c.name, "add", list(c.inputs))]
+
+
+def _concatenate(b: _Builder, c: _Call) -> list[Node]:
+    """Concatenate along the channel (last) axis → concat."""
+    rank, axis = len(c.shapes[0]) + 1, c.layer.axis
+    if axis % rank != rank - 1:
+        raise c.error(f"concatenation along axis {axis} of {rank}-D tensors is not supported; "
+                      "only the channel axis (-1)")
+    return [Node(c.name, "concat", list(c.inputs))]
+
+
+def _per_channel(b: _Builder, c: _Call, value, what: str) -> torch.Tensor:
+    """A scalar or array that Keras broadcasts over the layer's input, as one float32 value per channel
+    (the last Keras axis); refuses values that vary along another axis, NaN and infinities."""
+    shape = c.shapes[0]
+    array = np.asarray(b.keras.ops.convert_to_numpy(value), dtype=np.float32)
+    try:
+        full = np.broadcast_to(array, (1,) + shape)
+    except ValueError:
+        raise c.error(f"{what} of shape {array.shape} does not broadcast over the input shape {shape}") from None
+    rows = full.reshape(-1, shape[-1])
+    if not (rows == rows[0]).all():
+        raise c.error(f"{what} varies along an axis other than the channel axis; only per-channel values are supported")
+    if not np.isfinite(rows[0]).all():
+        raise c.error(f"{what} contains NaN or infinite values")
+    return torch.from_numpy(rows[0].copy())
+
+
+def _rescaling(b: _Builder, c: _Call) -> list[Node]:
+    """Rescaling(scale, offset), scalars or per-channel → affine x·scale + offset."""
+    params = {"weight": _per_channel(b, c, c.layer.scale, "scale"),
+              "bias": _per_channel(b, c, c.layer.offset, "offset")}
+    return [Node(c.name, "affine", [c.inputs[0]], params)]
+
+
+def _normalization(b: _Builder, c: _Call) -> list[Node]:
+    """Normalization over the channel axis (or a scalar one, axis=None) → affine.
+
+    Keras computes (x − mean) / max(√variance, ε) with ε = ``keras.config.epsilon()``, or with
+    invert=True mean + x · max(√variance, ε); the affine weight and bias are computed in float64.
+    """
+    layer, rank = c.layer, len(c.shapes[0]) + 1
+    if any(axis % rank != rank - 1 for axis in layer.axis):
+        raise c.error(f"axis={layer.axis} is not supported; only the channel axis (-1) or None")
+    mean = _per_channel(b, c, layer.mean, "mean").double()
+    std = _per_channel(b, c, layer.variance, "variance").double().sqrt().clamp(min=b.keras.config.epsilon())
+    if layer.invert:
+        weight, bias = std, mean
+    else:
+        weight = 1.0 / std
+        bias = -mean * weight
+    return [Node(c.name, "affine", [c.inputs[0]], {"weight": weight.float(), "bias": bias.float()})]

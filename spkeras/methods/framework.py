@@ -3,14 +3,19 @@
 Every method is a :class:`~spkeras.method.Method` preset; this module turns a CNN
 graph plus calibration images into a spiking graph for any preset:
 
-1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax);
+1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax); with
+   unless ``maxpool='gate'``, move each ReLU after the max pool it feeds (max(ReLU(z)) = ReLU(max(z)));
 2. choose the spiking sites: every ReLU, every average pool (``spiking_pools``), the output;
-3. calibrate λ_n at every site;
+3. calibrate λ_n at every site; a clipped ReLU (ReLU6: min(max(x, 0), c)) gets λ_n ≤ c, so the
+   neuron's saturation at one spike per step represents the clip;
 4. replace ReLUs by IF neurons (``spike`` nodes) and rescale synapses so that the current into
    site n is in units of λ_n / V_thr^n: with input in units u_in, W ← (u_in V_thr/λ_n)·W and
    b ← (V_thr/λ_n)·b. With V_thr = κ this is Eq. 8 (CN); with V_thr = 1, weight normalisation;
    with weights kept, V_thr = λ_n/u_in, threshold balancing (Remark 1);
-5. add TRE charge (Eq. 9) and the reset rule;
+5. add TRE charge (Eq. 9) and the reset rule; a max pool reading spikes (``maxpool='gate'``)
+   becomes a gate that passes the spikes of the input with the largest count so far, one reading
+   currents passes the change of its window's largest accumulated current (``'accumulated'``)
+   or its largest current at each step (``'current'``);
 6. the calibrations that simulate the network on calibration images, where the method asks:
    Spike-Norm's thresholds, per-channel rate correction, the readout delay.
 
@@ -27,7 +32,7 @@ import torch
 
 from ..calibrate import calibrate
 from ..errors import ConfigError
-from ..ir import Graph, GraphError, Node, insert_after, unique_name
+from ..ir import STATELESS_OPS, Graph, GraphError, Node, feeding_layer, insert_after, unique_name
 from ..layerwise import LayerWalk
 from ..ops import apply_stateless
 from ..passes import canonicalise
@@ -40,7 +45,9 @@ from .rate_calibration import calibrate_rates
 from .readout_calibration import calibrate_readout_delay
 from ..method import Method
 
-POOL_OPS = ("avgpool", "global_avgpool")
+POOL_OPS = ("avgpool", "adaptive_avgpool", "global_avgpool")
+SCALED_OPS = POOL_OPS + ("maxpool",)
+MERGING_OPS = ("add", "concat")
 
 
 def spike_sites(graph: Graph, spiking_pools: bool) -> list[str]:
@@ -112,9 +119,12 @@ def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_
         raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
     reference = canonicalise(cnn, use_eps=True)
     folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
+    if method.maxpool != "gate":
+        folded = pool_before_relu(folded.clone())
     sites = spike_sites(folded, method.spiking_pools)
     lambdas = site_lambdas(folded, sites, calibration, method, batch_size, device)
     graph, spike_lambdas = insert_neurons(folded.clone(), sites, lambdas)
+    mark_max_pools(graph, method.maxpool)
     return PreparedConversion(graph, spike_lambdas, reference, method, calibration, device)
 
 
@@ -146,13 +156,41 @@ def method_for(method: Method, timesteps: int) -> Method:
 def site_lambdas(graph, sites, calibration, method: Method, batch_size: int, device: str) -> dict[str, float]:
     """λ_n for each site from the method's statistic."""
     if method.statistic == "none":
-        return {s: 1.0 for s in sites}
+        return cap_lambdas(graph, {s: 1.0 for s in sites})
     if method.statistic == "model":
-        return model_bounds(graph, sites)
+        return cap_lambdas(graph, model_bounds(graph, sites))
     if calibration is None:
         raise ConfigError(f"method {method.name!r} needs calibration images (--calib) for λ")
     percentile = method.percentile if method.statistic == "percentile" else None
-    return calibrate(graph, sites, calibration, percentile, batch_size, device)
+    return cap_lambdas(graph, calibrate(graph, sites, calibration, percentile, batch_size, device))
+
+
+def pool_before_relu(graph: Graph) -> Graph:
+    """Take each max pool over the currents before the ReLU that feeds it: ReLU → max pool
+    becomes max pool → ReLU (max(ReLU(z)) = ReLU(max(z)), min(·, c) too, since both are monotone),
+    so one neuron per pooled unit receives the largest current of its window. A ReLU that also
+    feeds other layers stays for them; the pool then reads its input and gets a ReLU of its own."""
+    for pool in graph.nodes_of("maxpool"):
+        relu = graph.node(pool.inputs[0])
+        if relu.op != "relu":
+            continue
+        moved = Node(unique_name(graph, f"{pool.name}_relu"), "relu", [], {}, dict(relu.attrs), pool.shape,
+                     relu.source)
+        pool.inputs = [relu.inputs[0]]
+        graph = insert_after(graph, pool.name, moved)
+        if not graph.consumers(relu.name):
+            graph = graph.replace([n for n in graph.nodes if n.name != relu.name])
+    return graph
+
+
+def cap_lambdas(graph: Graph, lambdas: dict[str, float]) -> dict[str, float]:
+    """λ_n ≤ c at a clipped ReLU min(max(x, 0), c): a neuron's rate saturates at one spike per step,
+    which then stands for at most c, so the clip is represented by the neuron itself."""
+    capped = {}
+    for site, lam in lambdas.items():
+        cap = graph.node(site).attrs.get("max_value") if graph.node(site).op == "relu" else None
+        capped[site] = lam if cap is None else min(lam, float(cap))
+    return capped
 
 
 def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
@@ -162,12 +200,13 @@ def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
     bound = {graph.input.name: torch.ones(graph.input.shape, dtype=dtype)}
     for node in graph.nodes[1:]:
         inputs = [bound[i] for i in node.inputs]
-        if node.op in ("conv2d", "dense"):
+        if node.op in ("conv2d", "dense", "affine"):
             positive = Node(node.name, node.op, node.inputs, {k: v.clamp(min=0) for k, v in node.params.items()},
                             node.attrs, node.shape)
             bound[node.name] = apply_stateless(positive, [inputs[0].unsqueeze(0)])[0]
         elif node.op == "relu":
-            bound[node.name] = inputs[0]
+            cap = node.attrs.get("max_value")
+            bound[node.name] = inputs[0] if cap is None else inputs[0].clamp(max=float(cap))
         else:
             bound[node.name] = apply_stateless(node, [x.unsqueeze(0) for x in inputs])[0]
     return {s: float(bound[s].max()) for s in sites}
@@ -211,10 +250,18 @@ def insert_neurons(graph: Graph, sites: list[str], lambdas: dict[str, float]) ->
         name = unique_name(graph, f"{site}_spike")
         graph = insert_after(graph, site, Node(name=name, op="spike", shape=node.shape, source=node.source))
         spike_lambdas[name] = lambdas[site]
-    leftover = [n for n in graph.nodes if n.op not in ("input", "spike", *POOL_OPS, "conv2d", "dense", "flatten", "add")]
+    leftover = [n for n in graph.nodes if n.op not in ("input", "spike", *STATELESS_OPS)]
     if leftover:
         raise GraphError(f"cannot convert {leftover[0].source or leftover[0].name}: unexpected {leftover[0].op!r} node")
     return graph, spike_lambdas
+
+
+def mark_max_pools(graph: Graph, mode: str) -> None:
+    """How each max pool of the spiking graph runs: a ``gate`` over the spikes it reads, or over
+    currents either ``accumulate``-d (unless ``mode`` is ``'current'``) or step by step."""
+    for pool in graph.nodes_of("maxpool"):
+        pool.attrs["gate"] = graph.node(pool.inputs[0]).op == "spike"
+        pool.attrs["accumulate"] = not pool.attrs["gate"] and mode != "current"
 
 
 def threshold(method: Method, lam: float, input_unit: float) -> float:
@@ -238,27 +285,28 @@ def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps
             lam = lambdas[node.name]
             v_thr = threshold(method, lam, unit[source.name])
             # threshold balancing keeps the weights: the factor is 1 by construction, so use 1 exactly
-            rescale(source, 1.0 if method.threshold_rule == "balance" else unit[source.name] * v_thr / lam)
+            rescale(feeding_layer(graph, node),
+                    1.0 if method.threshold_rule == "balance" else unit[source.name] * v_thr / lam)
             configure_neuron(node, v_thr * method.threshold_scale, method, timesteps)
             unit[node.name] = lam
             continue
         first = unit[node.inputs[0]]
-        if node.op in ("conv2d", "dense") and "bias" in node.params:
+        if node.op in ("conv2d", "dense", "affine") and "bias" in node.params:
             node.params["bias"] = node.params["bias"] / first
-        if node.op == "add":
+        if node.op in MERGING_OPS:
             node.attrs["coefficients"] = [unit[i] / first for i in node.inputs]
         unit[node.name] = first
 
 
 def rescale(node: Node, factor: float) -> None:
     """Multiply a linear node's output by ``factor`` (weights and bias, or its scale attribute)."""
-    if node.op in ("conv2d", "dense"):
+    if node.op in ("conv2d", "dense", "affine"):
         for key in ("weight", "bias"):
             if key in node.params:
                 node.params[key] = node.params[key] * factor
-    elif node.op in POOL_OPS:
+    elif node.op in SCALED_OPS:
         node.attrs["scale"] = node.attrs.get("scale", 1.0) * factor
-    elif node.op == "add":
+    elif node.op in MERGING_OPS:
         node.attrs["coefficients"] = [c * factor for c in node.attrs["coefficients"]]
     else:
         raise GraphError(f"a spiking neuron cannot follow {node.source or node.name} ({node.op})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ir import Node
+from ..ir import Node, feeding_layer
 from ..layerwise import LayerWalk
 from ..ops import apply_stateless, run_graph
 from ..progress import announce
@@ -75,16 +75,18 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
 
 
 def correctable(net: SpikingNetwork, node: Node) -> bool:
-    """Whether a spike node gets a rate correction: fed by a conv or dense layer (whose bias takes
-    it), and not the output read from its potential (it does not fire)."""
-    layer = net.graph.node(node.inputs[0])
-    return layer.op in ("conv2d", "dense") and not (node.name == net.graph.output and net.method.readout == "potential")
+    """Whether a spike node gets a rate correction: fed by a conv, dense or affine layer (whose
+    bias takes it; :func:`~spkeras.ir.feeding_layer`), and not the output read from its potential
+    (it does not fire)."""
+    layer = feeding_layer(net.graph, node)
+    return (layer.op in ("conv2d", "dense", "affine")
+            and not (node.name == net.graph.output and net.method.readout == "potential"))
 
 
 def correct(net: SpikingNetwork, node: Node, target: torch.Tensor, simulated: torch.Tensor) -> None:
     """Add the error e_c = (target − simulated rate)·V_thr back to spike node ``node``: the share s
     as initial potential s·T·e_c, the rest as bias (1 − s)·e_c on the layer feeding it."""
-    layer = net.graph.node(node.inputs[0])
+    layer = feeding_layer(net.graph, node)
     share, steps = net.method.potential_share, net.timesteps
     error = ((target - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
     if share:
