@@ -16,6 +16,7 @@ from .evaluation import (MODES, EvaluationResult, checked_images, cnn_prediction
 from .ir import Graph
 from .methods import get_method
 from .methods.framework import PreparedConversion, prepare as prepare_graph
+from .preprocessing import InputPreprocessing
 from .progress import announce
 from .simulate import RunOptions
 from .snn import SpikingNetwork, load_snn
@@ -23,19 +24,28 @@ from .snn import SpikingNetwork, load_snn
 DEFAULT_CALIB_N = 2000
 
 
-def load_model(source, input_shape=None, torch_class: str | None = None) -> Graph | SpikingNetwork:
+def load_model(source, input_shape=None, torch_class: str | None = None,
+               preprocessing: InputPreprocessing | dict | None = None) -> Graph | SpikingNetwork:
     """A CNN graph from a Keras, PyTorch or ONNX file or model, or a converted network from a ``.snn`` file.
 
     ``input_shape`` ((C, H, W) or (F,)) is required for PyTorch models (or their ``input_shape``
     attribute); ``torch_class`` (``module:Class``) names the network of a PyTorch state-dict file.
+    ``preprocessing`` (:class:`~spkeras.preprocessing.InputPreprocessing` or a dict of ``scale``,
+    ``mean``, ``std``) says what the model expects of pixels in [0, 1]: (x·scale − mean)/std.
     """
-    if isinstance(source, (Graph, SpikingNetwork)):
-        return source
-    if isinstance(source, (str, os.PathLike)) and Path(source).suffix == ".snn":
-        return load_snn(source)
-    from .importers import load_model as import_model
+    preprocessing = InputPreprocessing.of(preprocessing)
+    if isinstance(source, SpikingNetwork) or (isinstance(source, (str, os.PathLike))
+                                              and Path(source).suffix == ".snn"):
+        if preprocessing is not None:
+            raise ConfigError("input preprocessing applies at conversion; this network is already converted (.snn)")
+        return source if isinstance(source, SpikingNetwork) else load_snn(source)
+    if isinstance(source, Graph):
+        graph = source
+    else:
+        from .importers import load_model as import_model
 
-    return import_model(source, input_shape=input_shape, torch_class=torch_class)
+        graph = import_model(source, input_shape=input_shape, torch_class=torch_class)
+    return preprocessing.apply(graph) if preprocessing is not None else graph
 
 
 def as_dataset(data, n: int | None = None, **options) -> Dataset:
@@ -67,17 +77,18 @@ def check_device(device: str) -> str:
 
 
 def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = DEFAULT_CALIB_N, batch_size: int = 100,
-            device: str = "cpu", input_shape=None, torch_class: str | None = None, **options) -> PreparedConversion:
+            device: str = "cpu", input_shape=None, torch_class: str | None = None, preprocessing=None,
+            **options) -> PreparedConversion:
     """The T-independent part of converting a CNN (path, keras.Model or Graph): import, passes
     and λ. ``.network(T)`` then gives the spiking network for any T, running every T-dependent
     step (build, Spike-Norm, rate and delay calibration, quantisation) in one place.
 
     ``method`` names a preset (``ecc``, ``ecc+``, ``rueckauer2017``, …); ``options`` override its
     switches (e.g. ``tre='initial'``, ``eta=0.6``). λ and the calibrations use the first
-    ``calib_n`` calibration images (None: all). ``input_shape`` and ``torch_class`` say how to
-    read a PyTorch model (see :func:`load_model`).
+    ``calib_n`` calibration images (None: all). ``input_shape``, ``torch_class`` and
+    ``preprocessing`` say how to read the model (see :func:`load_model`).
     """
-    graph = load_model(model, input_shape=input_shape, torch_class=torch_class)
+    graph = load_model(model, input_shape=input_shape, torch_class=torch_class, preprocessing=preprocessing)
     if isinstance(graph, SpikingNetwork):
         raise ConfigError("this model is already a converted .snn network")
     preset = get_method(method, **options)
@@ -90,24 +101,25 @@ def prepare(model, calibration=None, method: str = "ecc", calib_n: int | None = 
 
 def convert(model, calibration=None, method: str = "ecc", timesteps: int = 256, calib_n: int | None = DEFAULT_CALIB_N,
             batch_size: int = 100, device: str = "cpu", input_shape=None, torch_class: str | None = None,
-            **options) -> SpikingNetwork:
+            preprocessing=None, **options) -> SpikingNetwork:
     """Convert a CNN (path, keras.Model, torch.nn.Module, ONNX model or Graph) into a SpikingNetwork
     for T steps: ``prepare(model, calibration, method, …).network(timesteps)`` (see :func:`prepare`)."""
     if timesteps < 1:
         raise ConfigError(f"timesteps must be ≥ 1, got {timesteps}")
     return prepare(model, calibration, method, calib_n=calib_n, batch_size=batch_size, device=device,
-                   input_shape=input_shape, torch_class=torch_class, **options).network(timesteps)
+                   input_shape=input_shape, torch_class=torch_class, preprocessing=preprocessing,
+                   **options).network(timesteps)
 
 
 def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int = 256, n: int | None = None,
              mode: str = "simulate", readout: str | None = None, device: str = "cpu", seed: int = 0,
              batch_size: int = 100, calib_n: int | None = DEFAULT_CALIB_N, checkpoints: list[int] | None = None,
              chunk: int = 8, early_exit: int | None = None, conv: str = "auto", input_shape=None,
-             torch_class: str | None = None, **options) -> EvaluationResult:
+             torch_class: str | None = None, preprocessing=None, **options) -> EvaluationResult:
     """Convert (unless given a SpikingNetwork or .snn) and evaluate CNN and SNN on ``data``.
 
-    ``model`` is anything :func:`load_model` reads (``input_shape`` and ``torch_class`` say how
-    to read a PyTorch model), a SpikingNetwork or a ``.snn`` file.
+    ``model`` is anything :func:`load_model` reads (``input_shape``, ``torch_class`` and
+    ``preprocessing`` say how to read it), a SpikingNetwork or a ``.snn`` file.
     ``chunk`` timesteps go through the stateless layers as one batch: memory grows with
     batch_size × chunk, speed too up to a point. ``early_exit=K`` stops each image once its
     prediction has been the same for K steps (a different readout, labelled in the result).
@@ -124,7 +136,7 @@ def evaluate(model, data, calibration=None, method: str = "ecc", timesteps: int 
     torch.manual_seed(seed)
     started = time.perf_counter()
     dataset = as_dataset(data, n)
-    loaded = load_model(model, input_shape=input_shape, torch_class=torch_class)
+    loaded = load_model(model, input_shape=input_shape, torch_class=torch_class, preprocessing=preprocessing)
     if isinstance(loaded, SpikingNetwork) and any(v is not None for v in options.values()):
         raise ConfigError("method switches apply at conversion, and this network is already converted (.snn); "
                           "convert the CNN again with them")

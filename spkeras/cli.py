@@ -38,12 +38,26 @@ def _input_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated numbers, got {text!r}") from None
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """How to read PyTorch (and size-free ONNX) models."""
     parser.add_argument("--input-shape", type=_input_shape, metavar="C,H,W",
                         help="input shape of a PyTorch (or size-free ONNX) model, e.g. 1,28,28")
     parser.add_argument("--torch-class", metavar="module:Class",
                         help="the network class a PyTorch state-dict file (.pt/.pth) belongs to")
+    parser.add_argument("--input-scale", type=float, metavar="S",
+                        help="the model expects pixels × S (spkeras reads them in [0, 1]): 255 for models fed raw "
+                             "0-255 values, e.g. Keras models that start with Rescaling(1/255)")
+    parser.add_argument("--input-mean", type=_floats, metavar="M[,M,M]",
+                        help="per-channel mean the model subtracts (after --input-scale), e.g. 0.485,0.456,0.406")
+    parser.add_argument("--input-std", type=_floats, metavar="S[,S,S]",
+                        help="per-channel std the model divides by, e.g. 0.229,0.224,0.225")
 
 
 class _Parser(argparse.ArgumentParser):

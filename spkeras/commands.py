@@ -19,11 +19,13 @@ from .snn import save_snn
 
 def model_argument(args):
     """The model to hand to the API: the path itself, or the imported graph when --input-shape or
-    --torch-class (PyTorch, ONNX) say how to read it."""
+    --torch-class (PyTorch, ONNX) or --input-scale/--input-mean/--input-std say how to read it."""
     shape, torch_class = getattr(args, "input_shape", None), getattr(args, "torch_class", None)
-    if shape is None and torch_class is None:
+    preprocessing = {key: getattr(args, f"input_{key}", None) for key in ("scale", "mean", "std")}
+    preprocessing = {k: v for k, v in preprocessing.items() if v is not None} or None
+    if shape is None and torch_class is None and preprocessing is None:
         return args.model
-    return api.load_model(args.model, input_shape=shape, torch_class=torch_class)
+    return api.load_model(args.model, input_shape=shape, torch_class=torch_class, preprocessing=preprocessing)
 
 
 def data_argument(args, path):

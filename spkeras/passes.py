@@ -73,11 +73,17 @@ def merge_padding(graph: Graph) -> Graph:
 
 
 def fold_affine(graph: Graph) -> Graph:
-    """Fold a per-channel affine map x·w + c into the ungrouped conv or dense layer it alone feeds:
+    """Fold a per-channel affine map x·w + c into the next one, or into the ungrouped conv or dense layer it alone feeds:
     its scale into that layer's input weights (exact: a padded zero stays zero), its shift into
     the bias where no zero padding would see it (dense layers, unpadded convs)."""
     for affine in graph.nodes_of("affine"):
         consumers = graph.consumers(affine.name)
+        if len(consumers) == 1 and consumers[0].op == "affine":  # two in a row: one map
+            after = consumers[0].params
+            after["bias"] = affine.params["bias"] * after["weight"] + after["bias"]
+            after["weight"] = affine.params["weight"] * after["weight"]
+            graph = remove_node(graph, affine.name)
+            continue
         if len(consumers) != 1 or consumers[0].op not in WEIGHTED_OPS:
             continue
         layer = consumers[0]
