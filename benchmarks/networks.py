@@ -1,0 +1,167 @@
+"""The zoo of real-world layouts (models/zoo, trained by scripts/train_zoo.py) under each method:
+accuracy, agreement with the CNN and MOps per image, time-stepped and in closed form, on CIFAR-10
+test images 0..n-1 (cifar10_test.npz); λ and every calibration on training images 0-1999 of
+cifar10_train_10k.npz, never on test images. One JSON row per (network, method, T, mode), written
+after each run, so an interrupted run resumes where it stopped. docs/networks.md is generated
+from the rows (--markdown).
+
+    python benchmarks/networks.py --n 500 --timesteps 32,64,128,256
+    python benchmarks/networks.py --limit 1024 --n 200          # every preset at large T
+    python benchmarks/networks.py --markdown > docs/networks_tables.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from spkeras import api  # noqa: E402
+from spkeras.atomic import write_json  # noqa: E402
+from spkeras.closed_form import closed_form  # noqa: E402
+from spkeras.evaluation import checked_images, cnn_predictions  # noqa: E402
+from spkeras.methods import get_method  # noqa: E402
+from spkeras.methods.framework import prepare  # noqa: E402
+from spkeras.methods.presets import PRESETS  # noqa: E402
+from spkeras.passes import canonicalise  # noqa: E402
+from spkeras.progress import set_quiet  # noqa: E402
+from spkeras.simulate import RunOptions, simulate  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+NETS = {"vgg_maxpool": "VGGMaxPool", "resnet18": "ResNet18", "mobilenetv2": "MobileNetV2Small",
+        "densenet": "DenseNetSmall"}
+HAS_MAX_POOLING = ("vgg_maxpool", "resnet18")
+# (method, switches): the three presets of the tables, then one row per max-pooling option
+CONFIGS = [("ecc", {}), ("ecc+", {}), ("rueckauer2017", {})]
+POOL_CONFIGS = [("ecc+", {"maxpool": "current"}), ("ecc+", {"maxpool": "gate"}),
+                ("rueckauer2017", {"maxpool": "current"}), ("rueckauer2017", {"maxpool": "gate"})]
+RESULTS = ROOT / "benchmarks" / "results" / "networks_cpu.json"
+
+
+def label(method: str, switches: dict) -> str:
+    return method + "".join(f" {k}={v}" for k, v in switches.items())
+
+
+def load(net: str):
+    """The zoo network as a graph (PyTorch state dict + its class in scripts/zoo.py)."""
+    return api.load_model(str(ROOT / "models" / "zoo" / f"{net}.pt"), input_shape=(3, 32, 32),
+                          torch_class=f"zoo:{NETS[net]}")
+
+
+def data(n: int, cnn):
+    test = np.load(SHARED / "data" / "cifar10_test.npz")
+    train = np.load(SHARED / "data" / "cifar10_train_10k.npz")
+    images = checked_images(api.as_dataset((test["x"][:n], test["y"][:n])), cnn)
+    labels = torch.as_tensor(test["y"][:n]).long().flatten()
+    calibration = checked_images(api.as_dataset((train["x"][:2000], train["y"][:2000])), cnn)
+    return images, labels, calibration
+
+
+def measure(rows: list, key: dict, predictions, labels, cnn, synops, started: float, convert_s: float) -> None:
+    rows.append({**key, "accuracy": float((predictions == labels).double().mean()),
+                 "agreement": float((predictions == cnn).double().mean()),
+                 "mops_per_image": synops / len(labels) / 1e6 if synops is not None else None,
+                 "convert_s": round(convert_s, 1), "run_s": round(time.perf_counter() - started, 1)})
+
+
+def run_config(rows, net_name, cnn_graph, method, switches, timesteps, images, labels, calibration, cnn, base):
+    """Every T of one (network, method): time-stepped and closed form."""
+    preset = get_method(method, **switches)
+    started = time.perf_counter()
+    prepared = prepare(cnn_graph, calibration, preset)
+    prepare_s = time.perf_counter() - started
+    per_t = preset.depends_on_timesteps
+    networks = {}
+    for steps in (timesteps if per_t else [max(timesteps)]):
+        started = time.perf_counter()
+        networks[steps] = (prepared.network(steps), prepare_s + time.perf_counter() - started)
+    for steps in (timesteps if per_t else [max(timesteps)]):
+        net, convert_s = networks[steps]
+        started = time.perf_counter()
+        record = simulate(net, images, RunOptions(timesteps=steps))
+        for t in (timesteps if not per_t else [steps]):
+            key = {**base, "net": net_name, "method": label(method, switches), "timesteps": t, "mode": "simulate"}
+            measure(rows, key, record.predictions[t - 1], labels, cnn, float(record.synops[t - 1].sum()), started,
+                    convert_s)
+        for t in (timesteps if not per_t else [steps]):
+            started = time.perf_counter()
+            counted = closed_form(net, images, [t])
+            key = {**base, "net": net_name, "method": label(method, switches), "timesteps": t, "mode": "count"}
+            measure(rows, key, counted.predictions[0], labels, cnn, float(counted.synops[0].sum()), started, convert_s)
+        print(json.dumps(rows[-1]), flush=True)
+
+
+def done(rows, net, method, steps) -> bool:
+    return any(r["net"] == net and r["method"] == method and r["timesteps"] == steps for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nets", default=",".join(NETS))
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--timesteps", default="32,64,128,256")
+    parser.add_argument("--limit", type=int, help="instead: every preset at this T (agreement in the limit)")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--markdown", action="store_true", help="print the tables of --out and exit")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    if args.markdown:
+        print(markdown(rows))
+        return
+    set_quiet(True)
+    timesteps = [args.limit] if args.limit else [int(t) for t in args.timesteps.split(",")]
+    base = {"n": args.n, "device": f"cpu ({platform.processor() or platform.machine()}, "
+                                   f"{torch.get_num_threads()} threads)", "images": f"cifar10_test 0-{args.n - 1}"}
+    for net_name in args.nets.split(","):
+        graph = load(net_name)
+        images, labels, calibration = data(args.n, graph)
+        cnn = cnn_predictions(canonicalise(graph), images, 100, "cpu")
+        cnn_row = {**base, "net": net_name, "method": "CNN", "timesteps": 0, "mode": "cnn",
+                   "accuracy": float((cnn == labels).double().mean()), "agreement": 1.0, "mops_per_image": None}
+        if not done(rows, net_name, "CNN", 0):
+            rows.append(cnn_row)
+        configs = ([(name, {}) for name in PRESETS] if args.limit else
+                   CONFIGS + (POOL_CONFIGS if net_name in HAS_MAX_POOLING else []))
+        for method, switches in configs:
+            if all(done(rows, net_name, label(method, switches), t) for t in timesteps):
+                continue
+            run_config(rows, net_name, graph, method, switches, timesteps, images, labels, calibration, cnn, base)
+            write_json(out, {"rows": rows})
+
+
+def markdown(rows: list) -> str:
+    """One table per network: a row per method (and max-pooling option), a column group per T."""
+    lines = []
+    for net in dict.fromkeys(r["net"] for r in rows):
+        mine = [r for r in rows if r["net"] == net]
+        cnn = next(r for r in mine if r["method"] == "CNN")
+        steps = sorted({r["timesteps"] for r in mine if r["timesteps"]})
+        lines += [f"### {net}", "", f"CNN: {100 * cnn['accuracy']:.1f} % on {cnn['images']} (n = {cnn['n']}, "
+                  f"{cnn['device']}). Cells: accuracy % / agreement with the CNN % / MOps per image.", "",
+                  "| method | mode | " + " | ".join(f"T = {t}" for t in steps) + " |",
+                  "|---|---|" + "---|" * len(steps)]
+        for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "CNN"):
+            for mode, name in (("simulate", "time-stepped"), ("count", "closed form")):
+                cells = []
+                for t in steps:
+                    row = next((r for r in mine if r["method"] == method and r["mode"] == mode
+                                and r["timesteps"] == t), None)
+                    cells.append("–" if row is None else f"{100 * row['accuracy']:.1f} / {100 * row['agreement']:.1f}"
+                                 f" / {row['mops_per_image']:.2f}")
+                lines.append(f"| {method} | {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
