@@ -259,8 +259,8 @@ def functional(make):
 
 
 UNSUPPORTED = {
-    "maxpool": (seq(layers.MaxPooling2D(name="mp"), layers.Flatten(), layers.Dense(2)),
-                ["'mp' (MaxPooling2D)", "replace MaxPooling2D by AveragePooling2D and fine-tune"]),
+    "upsampling": (seq(layers.UpSampling2D(name="up"), layers.Flatten(), layers.Dense(2)),
+                   ["'up' (UpSampling2D)", "supported layers are Conv2D"]),
     "lambda": (seq(layers.Lambda(lambda x: x * 2, name="lam"), layers.Flatten(), layers.Dense(2)),
                ["'lam' (Lambda)", "supported layers are Conv2D"]),
     "sigmoid": (seq(layers.Conv2D(2, 3, name="c"), layers.Activation("sigmoid", name="sig"), layers.Flatten(),
@@ -269,16 +269,14 @@ UNSUPPORTED = {
              ["'d' (Dense)", "'tanh'", "hidden activations must be ReLU"]),
     "leaky": (seq(layers.Conv2D(2, 3), layers.LeakyReLU(name="lr"), layers.Flatten(), layers.Dense(2)),
               ["'lr' (LeakyReLU)", "hidden activations must be ReLU"]),
-    "relu6": (seq(layers.ReLU(max_value=6.0, name="r6"), layers.Flatten(), layers.Dense(2)),
-              ["'r6' (ReLU)", "max_value"]),
-    "concat": (functional(lambda x: layers.Dense(2)(layers.Flatten()(layers.Concatenate(name="cat")([
-        layers.Conv2D(2, 1)(x), layers.Conv2D(2, 1)(x)])))), ["'cat' (Concatenate)"]),
+    "relu_slope": (seq(layers.ReLU(negative_slope=0.1, name="r"), layers.Flatten(), layers.Dense(2)),
+                   ["'r' (ReLU)", "negative_slope"]),
+    "concat": (functional(lambda x: layers.Dense(2)(layers.Flatten()(layers.Concatenate(axis=1, name="cat")([
+        layers.Conv2D(2, 1)(x), layers.Conv2D(2, 1)(x)])))), ["'cat' (Concatenate)", "channel axis"]),
     "dilation": (seq(layers.Conv2D(2, 3, dilation_rate=2, name="c"), layers.Flatten(), layers.Dense(2)),
                  ["'c' (Conv2D)", "dilation_rate"]),
-    "groups": (seq(layers.Conv2D(3, 3, groups=3, name="c"), layers.Flatten(), layers.Dense(2)),
-               ["'c' (Conv2D)", "groups"]),
-    "depthwise": (seq(layers.DepthwiseConv2D(3, name="dw"), layers.Flatten(), layers.Dense(2)),
-                  ["'dw' (DepthwiseConv2D)"]),
+    "depthwise_dilation": (seq(layers.DepthwiseConv2D(3, dilation_rate=2, name="dw"), layers.Flatten(),
+                               layers.Dense(2)), ["'dw' (DepthwiseConv2D)", "dilation_rate"]),
     "pool_same_padded": (seq(layers.AveragePooling2D(2, padding="same", name="p"), layers.Flatten(),
                              layers.Dense(2), shape=(5, 5, 3)), ["'p' (AveragePooling2D)", "padding='same'"]),
     "hidden_softmax": (seq(layers.Flatten(), layers.Dense(4, name="d"), layers.Activation("softmax", name="s"),
@@ -334,11 +332,12 @@ def test_unsupported_models_give_one_line(case):
 
 
 def test_unsupported_layer_message_lists_supported_layers():
-    text = message(UNSUPPORTED["maxpool"][0]())
+    text = message(UNSUPPORTED["upsampling"][0]())
     assert text == (
-        "unsupported layer 'mp' (MaxPooling2D): supported layers are Conv2D, Dense, BatchNormalization, "
-        "ReLU/Activation('relu'), final softmax, AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, Add"
-        "; replace MaxPooling2D by AveragePooling2D and fine-tune"
+        "unsupported layer 'up' (UpSampling2D): supported layers are Conv2D (groups), DepthwiseConv2D, "
+        "SeparableConv2D, Dense, BatchNormalization, ReLU/ReLU(max_value)/Activation('relu' or 'relu6'), "
+        "final softmax, AveragePooling2D, MaxPooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, ZeroPadding2D, "
+        "Flatten, Reshape (to 1-D), Dropout, Add, Concatenate (channels), Rescaling, Normalization"
     )
 
 

@@ -154,7 +154,9 @@ def test_fused_relu6(layer):
 
 # ------------------------------------------------------------------ grouped, depthwise, separable convolutions
 
-@pytest.mark.parametrize("groups, filters, strides, padding", [(2, 8, 1, "same"), (3, 9, 2, "same"), (3, 6, 1, "valid")])
+@pytest.mark.parametrize("groups, filters, strides, padding", [
+    (2, 8, 1, "same"), (3, 9, 2, "same"), (3, 6, 1, "valid"),
+])
 def test_grouped_conv(groups, filters, strides, padding):
     model = seq(layers.Conv2D(6, 3, name="c0"),
                 layers.Conv2D(filters, 3, strides=strides, padding=padding, groups=groups, name="g"),
@@ -300,8 +302,9 @@ def test_normalization_epsilon_and_flat_input():
 
 def test_mobilenet_head_keepdims_gap_conv_reshape():
     """GlobalAveragePooling2D(keepdims=True) → Dropout → 1×1 Conv2D → Reshape((classes,)) → softmax."""
-    model = seq(layers.Conv2D(6, 3, activation="relu", name="c"), layers.GlobalAveragePooling2D(keepdims=True, name="gap"),
-                layers.Dropout(0.2, name="drop"), layers.Conv2D(4, 1, name="logits"), layers.Reshape((4,), name="rs"),
+    model = seq(layers.Conv2D(6, 3, activation="relu", name="c"),
+                layers.GlobalAveragePooling2D(keepdims=True, name="gap"), layers.Dropout(0.2, name="drop"),
+                layers.Conv2D(4, 1, name="logits"), layers.Reshape((4,), name="rs"),
                 layers.Activation("softmax", name="prob"), shape=(7, 8, 3))
     graph = check(model)
     gap = graph.node("gap")
