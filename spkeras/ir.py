@@ -171,11 +171,13 @@ def initial_potential(node: Node):
 
 def feeding_layer(graph: Graph, spike: Node) -> Node:
     """The node whose scale and bias set spike node ``spike``'s input current: its input or,
-    below a max pool over currents, the conv, dense or affine layer that feeds only that pool
-    (max(a·z + b) = a·max(z) + b for a > 0 and a per-channel b, so both may move below the pool)."""
+    below a max pool over currents (or a flatten of a 1×1 map), the conv, dense or affine layer
+    that feeds only it (max(a·z + b) = a·max(z) + b for a > 0 and a per-channel b, so both may
+    move below the pool)."""
     source = graph.node(spike.inputs[0])
-    if source.op == "maxpool":
+    if source.op in ("maxpool", "flatten"):
         below = graph.node(source.inputs[0])
-        if below.op in ("conv2d", "dense", "affine") and len(graph.consumers(below.name)) == 1:
+        per_channel = source.op == "maxpool" or all(d == 1 for d in below.shape[1:])  # a flatten of a 1×1 map
+        if below.op in ("conv2d", "dense", "affine") and len(graph.consumers(below.name)) == 1 and per_channel:
             return below
     return source

@@ -136,7 +136,7 @@ def run_graph(
         values[node.name] = apply(node, [values[i] for i in node.inputs])
         if observe:
             observe(node, values[node.name])
-        for name in node.inputs:
+        for name in dict.fromkeys(node.inputs):  # a node may read one value twice (x + x)
             if last_use[name] == position and name != graph.output:
                 del values[name]
     return values[graph.output]

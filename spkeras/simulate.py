@@ -490,7 +490,7 @@ def _simulate_batch(graph: Graph, net, batch, ids, options: RunOptions, readout,
                 values[node.name] = state.linear(node, inputs, steps)
                 for recorder in recorders if node.name in state.gates else ():
                     recorder.spikes(node.name, values[node.name].tensor)
-            for name in node.inputs:  # free intermediate currents as soon as they are consumed
+            for name in dict.fromkeys(node.inputs):  # free intermediate currents once consumed (x + x reads one twice)
                 if last_use[name] == position and name not in layers:
                     del values[name]
         fires = neurons[output].fire

@@ -38,14 +38,14 @@ CASE_NAMES = [
     "truncated .keras", "random bytes .keras", "random bytes .h5", "random bytes .pt", "random bytes .onnx",
     "random bytes .snn", ".h5 without weights", "unknown suffix", "missing file", ".keras with Lambda",
     "pickled .pt running code", "legacy pickled .pth running code", "plain pickle .pt running code",
-    "sigmoid hidden activation (Keras)", "tanh hidden activation (PyTorch)", "max pooling (Keras)",
-    "max pooling (PyTorch)", "unsupported layer (Keras)", "unsupported layer (PyTorch)", "NaN weights (Keras)",
+    "sigmoid hidden activation (Keras)", "tanh hidden activation (PyTorch)", "leaky ReLU hidden activation (Keras)",
+    "dilated max pooling (PyTorch)", "unsupported layer (Keras)", "unsupported layer (PyTorch)", "NaN weights (Keras)",
     "inf weights (PyTorch)", "data shape mismatch", "empty data", "labels out of range", "calibration with λ = 0",
     "calibration data shape mismatch", ".snn metadata shape vs tensors", ".snn metadata names a missing tensor",
     ".snn to NIR, metadata vs tensors", "T = 0", "T < 0", "eta ≥ 1", "eta < 0", "unknown method", "negative kappa",
     "bits > 32", "--n 0", "--n more than the data", "bad --input-shape", "wrong --input-shape",
     "state dict without class", "--torch-class that does not import", "--torch-class on a Keras file",
-    "output under a file", "NIR export of TRE as V(0)", "max pooling (ONNX)", "NaN weights (ONNX)",
+    "output under a file", "NIR export of TRE as V(0)", "dilated max pooling (ONNX)", "NaN weights (ONNX)",
 ]
 
 

@@ -272,13 +272,13 @@ def test_torch_input_shape_is_required_and_checked():
 
 
 @pytest.mark.parametrize("module, shape, pattern", [
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2)), (1, 8, 8),
-     r"MaxPool2d.*replace MaxPool2d by AvgPool2d and fine-tune"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, dilation=2)), (1, 8, 8), r"MaxPool2d.*dilation"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Sigmoid()), (1, 8, 8), r"Sigmoid.*hidden activations must be ReLU"),
     (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2)), (1, 8, 8), r"dilation"),
-    (nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), (2, 6, 6), r"groups=2"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2, padding=1)), (1, 8, 8), r"padding"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2)), (1, 8, 8), r"AdaptiveAvgPool2d\(1\)"),
+    (nn.Sequential(nn.Conv2d(2, 2, 3), nn.Upsample(scale_factor=2)), (2, 6, 6), r"Upsample.*supported are"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AvgPool2d(3, padding=1, count_include_pad=False)), (1, 8, 8),
+     r"count_include_pad"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d(4)), (1, 8, 8), r"AdaptiveMaxPool2d.*divide"),
     (nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False)), (1, 8, 8),
      r"track_running_stats"),
     (nn.Sequential(nn.Flatten(), nn.Softmax(1), nn.Linear(2 * 6 * 6, 2)), (2, 6, 6),
@@ -387,12 +387,12 @@ def test_onnx_auto_pad_same_upper_matches_keras_stride_2():
 
 
 @pytest.mark.parametrize("op, pattern", [
-    ("MaxPool", "replace MaxPool by AveragePool"),
+    ("MaxPool", "dilations"),
     ("Sigmoid", "hidden activations must be ReLU"),
     ("LRN", "supported are Conv"),
 ])
 def test_onnx_unsupported_operators_are_one_line_errors(op, pattern):
-    attrs = {"kernel_shape": [2, 2]} if op == "MaxPool" else {"size": 3} if op == "LRN" else {}
+    attrs = {"kernel_shape": [2, 2], "dilations": [2, 2]} if op == "MaxPool" else {"size": 3} if op == "LRN" else {}
     model = onnx_model([onnx.helper.make_node(op, ["x"], ["y"], **attrs)], {}, (1, 4, 4), (1, 2, 2))
     with pytest.raises(ModelError, match=pattern) as info:
         load_model(model)

@@ -125,3 +125,18 @@ def test_softmax_classifier_is_the_graph_output():
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     actual = run_graph(graph, to_channels_first(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_application_snn_closed_form_matches_the_cnn(application):
+    """The converted network's closed form at large T predicts what the CNN predicts (λ from the
+    same images, so that nothing is clipped by calibration; the output read from its potential,
+    since logits may be negative)."""
+    from spkeras.closed_form import closed_form
+    from spkeras.methods import get_method
+    from spkeras.methods.framework import convert
+
+    name, model, graph = application
+    x = to_channels_first(torch.from_numpy(images(4, seed=3)))
+    net = convert(graph, x, get_method("ecc", readout="potential"), 100_000)  # ECC's TRE current depends on T
+    record = closed_form(net, x, [100_000])
+    assert torch.equal(record.predictions[0], run_graph(graph, x).argmax(1)), name

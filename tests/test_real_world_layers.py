@@ -273,3 +273,20 @@ def test_nir_refuses_max_pooling_and_concat_in_one_line_and_exports_grouped_conv
     net = convert(cnn, helpers.images(cnn, 16), get_method("rueckauer2017"), 8)
     graph, _ = to_nir(net)
     assert graph.nodes["dw"].groups == 4
+
+
+def test_a_node_may_read_one_value_twice():
+    """torch.cat([y, y], 1) and x + x: the value is freed once, after its last reader."""
+    g = torch.Generator().manual_seed(6)
+    nodes = [helpers.conv("conv", ["input"], 2, 3, 3, (1, 1), (1, 1, 1, 1), g, torch.float64),
+             helpers.op("relu", "relu", ["conv"]), helpers.op("cat", "concat", ["relu", "relu"]),
+             helpers.op("twice", "add", ["cat", "cat"]), helpers.op("gap", "global_avgpool", ["twice"]),
+             helpers.dense("fc", ["gap"], 6, 3, g, torch.float64)]
+    cnn = chain(*nodes)
+    x = helpers.images(cnn, 6)
+    relu = torch.relu(run_graph(chain(nodes[0]), x))
+    pooled = (2 * torch.cat([relu, relu], 1)).mean((2, 3))
+    expected = torch.nn.functional.linear(pooled, nodes[5].params["weight"], nodes[5].params["bias"])
+    assert torch.allclose(run_graph(cnn, x), expected, rtol=1e-12, atol=1e-12)
+    net = convert(cnn, x, get_method("ecc"), 16)
+    assert_same_as_reference(net, x, runs=[(3, 4)])

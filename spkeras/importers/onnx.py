@@ -2,13 +2,17 @@
 package alone (no onnxruntime).
 
 Weights come from the graph's initializers (``onnx.numpy_helper``); external tensor data is
-refused, so a model file can never make spkeras read other files. Operators: Conv, Gemm,
-MatMul (+ Add of a bias), BatchNormalization, Relu, AveragePool, GlobalAveragePool,
-Flatten/Reshape that flatten (N, …) to (N, -1), Dropout, Add of two tensors (residual),
-Softmax on the output, Identity. The small shape computations exporters emit for
-``x.view(x.size(0), -1)`` (Shape, Gather, Unsqueeze, Concat…) are evaluated on the way.
-Convolution pads ``[top, left, bottom, right]`` map exactly to the graph's
-(top, bottom, left, right), asymmetric ones included; ``auto_pad`` SAME_UPPER/SAME_LOWER too.
+refused, so a model file can never make spkeras read other files. Operators: Conv (group),
+Gemm, MatMul (+ Add of a bias), BatchNormalization, Relu, Clip with min 0 (ReLU6 and other
+clipped ReLUs), MaxPool, GlobalMaxPool, AveragePool, GlobalAveragePool, Pad with zeros,
+Concat along channels, Flatten/Reshape that flatten (N, …) to (N, -1), Dropout, Add of two
+tensors (residual), Softmax on the output, Identity. The small computations on constants that
+exporters emit for ``x.view(x.size(0), -1)`` and for the pads of ``F.pad`` (Shape, Gather,
+Unsqueeze, Concat, ConstantOfShape, Slice, Transpose…) are evaluated on the way.
+Pads ``[top, left, bottom, right]`` map exactly to the graph's (top, bottom, left, right),
+asymmetric ones included; ``auto_pad`` SAME_UPPER/SAME_LOWER/VALID too; a pool's ``ceil_mode``
+becomes extra bottom/right padding (the rule of PyTorch and onnxruntime: a last window that
+would start in the padding after the input is dropped).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ import numpy as np
 
 from ..errors import ModelError
 from ..ir import Graph
-from .common import RELU_HINT, GraphBuilder, Value, first_line, parse_input_shape, same_padding, to_param
+from .common import (GraphBuilder, IF_RATE, Value, activation_error, ceil_mode_extra, first_line, is_activation,
+                     parse_input_shape, same_padding, to_param, used_padding)
 
-SUPPORTED = ("Conv, Gemm, MatMul(+Add), BatchNormalization, Relu, AveragePool, GlobalAveragePool, "
-             "Flatten/Reshape (flattening), Dropout, Add (residual), final Softmax, Identity")
-SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice")
-ACTIVATIONS = {"Sigmoid", "Tanh", "LeakyRelu", "Elu", "Selu", "Celu", "Gelu", "PRelu", "HardSigmoid", "HardSwish",
-               "Softplus", "Softsign", "Mish", "ThresholdedRelu", "Clip", "LogSoftmax"}
+SUPPORTED = ("Conv (group), Gemm, MatMul(+Add), BatchNormalization, Relu, Clip(min 0), MaxPool, GlobalMaxPool, "
+             "AveragePool, GlobalAveragePool, Pad (zeros), Concat (channels), Flatten/Reshape (flattening), Dropout, "
+             "Add (residual), final Softmax, Identity")
+SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "ConstantOfShape",
+             "Transpose", "Reshape")
+FLOAT_MAX = float(np.finfo(np.float32).max)  # Clip's default bounds are ±FLOAT_MAX (opset < 11)
 
 
 def _onnx():
@@ -117,9 +123,9 @@ class _Reader:
             raise ModelError(f"unsupported operator {label} from domain {node.domain!r}: supported are {SUPPORTED}")
         handler = getattr(self, f"_{op}", None)
         if handler is None:
-            hint = ("; replace MaxPool by AveragePool and fine-tune" if "MaxPool" in op
-                    else RELU_HINT if op in ACTIVATIONS else "")
-            raise ModelError(f"unsupported operator {label}: supported are {SUPPORTED}{hint}")
+            if is_activation(op):
+                raise activation_error(label, op)
+            raise ModelError(f"unsupported operator {label}: supported are {SUPPORTED}")
         args = []
         for name in node.input:
             if name and name not in env:
@@ -157,8 +163,6 @@ class _Reader:
     def _Conv(self, label, base, args, attrs, node):
         x, weight = self.tensor(label, args[0]), self.constant(label, args[1], "weight")
         bias = self.constant(label, args[2], "bias") if len(args) > 2 and args[2] is not None else None
-        if attrs.get("group", 1) != 1:
-            raise ModelError(f"{label}: group={attrs['group']} is not supported; only 1")
         if weight.ndim != 4:
             raise ModelError(f"{label}: only 2-D convolutions are supported")
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
@@ -166,7 +170,7 @@ class _Reader:
         kh, kw = weight.shape[2:]
         stride = list(attrs.get("strides", [1, 1]))
         pads = self._pads(label, x, attrs, (kh, kw), stride)
-        out = self.b.conv2d(base, label, x, weight, bias, stride, pads)
+        out = self.b.conv2d(base, label, x, weight, bias, stride, pads, attrs.get("group", 1))
         if bias is None and self.uses[node.output[0]] == 1:
             self.biasless[node.output[0]] = out.node
         return out
@@ -185,6 +189,23 @@ class _Reader:
             raise ModelError(f"{label}: auto_pad={auto!r} is not supported")
         top, left, bottom, right = [int(p) for p in attrs.get("pads", [0, 0, 0, 0])]
         return [top, bottom, left, right]
+
+    def _pool(self, label, x, attrs, what: str):
+        """(kernel, stride, (top, bottom, left, right) pads, pads added by ceil_mode) of a 2-D pool."""
+        self.b.require_rank(label, x, 3, what)
+        kernel = [int(k) for k in attrs["kernel_shape"]]
+        if len(kernel) != 2:
+            raise ModelError(f"{label}: only 2-D {what} is supported")
+        stride = [int(s) for s in attrs.get("strides", [1, 1])]
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            raise ModelError(f"{label}: dilations {list(attrs['dilations'])} are not supported; only 1")
+        pads = self._pads(label, x, attrs, kernel, stride)
+        extra = [0, 0, 0, 0]
+        if attrs.get("ceil_mode", 0) and attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID"):
+            h, w = self.b.shape(x)[1:]
+            extra[1] = ceil_mode_extra(h, kernel[0], stride[0], pads[0], pads[1])
+            extra[3] = ceil_mode_extra(w, kernel[1], stride[1], pads[2], pads[3])
+        return kernel, stride, pads, extra
 
     def _Gemm(self, label, base, args, attrs, node):
         x = self.tensor(label, args[0])
@@ -249,22 +270,82 @@ class _Reader:
     def _Relu(self, label, base, args, attrs, node):
         return self.b.relu(base, label, self.tensor(label, args[0]))
 
+    def _Clip(self, label, base, args, attrs, node):
+        """Clip(x, 0, c): a clipped ReLU (ReLU6…); Clip(x, 0): a plain one. Bounds are inputs from
+        opset 11, attributes before."""
+        if self.opset < 11:
+            low, high = attrs.get("min", -FLOAT_MAX), attrs.get("max", FLOAT_MAX)
+        else:
+            def bound(k, what, default):
+                value = args[k] if len(args) > k else None
+                return default if value is None else float(self.constant(label, value, what).reshape(-1)[0])
+
+            low, high = bound(1, "min", -FLOAT_MAX), bound(2, "max", FLOAT_MAX)
+        if not isinstance(args[0], Value):
+            return np.clip(np.asarray(args[0]), low, high)
+        if low != 0:
+            shown = f"[{'-inf' if low <= -FLOAT_MAX else low}, {'inf' if high >= FLOAT_MAX else high}]"
+            raise ModelError(f"{label}: clips to {shown}; only a lower bound of 0 (ReLU, ReLU6) can be converted: "
+                             f"{IF_RATE}")
+        return self.b.relu(base, label, args[0], None if high >= FLOAT_MAX else float(high))
+
+    def _MaxPool(self, label, base, args, attrs, node):
+        x = self.tensor(label, args[0])
+        if len(node.output) > 1 and node.output[1] and self.uses[node.output[1]]:
+            raise ModelError(f"{label}: its Indices output is used; max-pooling indices are not supported")
+        if attrs.get("storage_order", 0):
+            raise ModelError(f"{label}: storage_order={attrs['storage_order']} is not supported; only 0")
+        kernel, stride, pads, extra = self._pool(label, x, attrs, "max pooling")
+        return self.b.maxpool(base, label, x, kernel, stride, [p + e for p, e in zip(pads, extra)])
+
+    def _GlobalMaxPool(self, label, base, args, attrs, node):
+        return self.b.global_maxpool(base, label, self.tensor(label, args[0]))
+
     def _AveragePool(self, label, base, args, attrs, node):
         x = self.tensor(label, args[0])
-        kernel = list(attrs["kernel_shape"])
-        stride = list(attrs.get("strides", [1] * len(kernel)))
-        if len(kernel) != 2:
-            raise ModelError(f"{label}: only 2-D average pooling is supported")
-        if attrs.get("ceil_mode", 0):
-            raise ModelError(f"{label}: ceil_mode=1 is not supported")
-        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
-            raise ModelError(f"{label}: dilations are not supported")
-        if any(self._pads(label, x, attrs, kernel, stride)):
-            raise ModelError(f"{label}: padding is not supported; only average pooling without padding")
-        return self.b.avgpool(base, label, x, kernel, stride)
+        kernel, stride, pads, extra = self._pool(label, x, attrs, "average pooling")
+        if any(extra):
+            raise ModelError(f"{label}: ceil_mode=1 adds a partial window here, whose mean is taken over fewer "
+                             "pixels; only ceil_mode=0 is supported")
+        h, w = self.b.shape(x)[1:]  # padding after the last window changes nothing (exporters add such pads)
+        pads[1] = used_padding(h, kernel[0], stride[0], pads[0], pads[1])
+        pads[3] = used_padding(w, kernel[1], stride[1], pads[2], pads[3])
+        if any(pads) and not attrs.get("count_include_pad", 0):
+            raise ModelError(f"{label}: padding with count_include_pad=0 is not supported; only count_include_pad=1 "
+                             "(padded zeros count in the mean)")
+        return self.b.avgpool(base, label, x, kernel, stride, pads)
 
     def _GlobalAveragePool(self, label, base, args, attrs, node):
         return self.b.global_avgpool(base, label, self.tensor(label, args[0]))
+
+    def _Pad(self, label, base, args, attrs, node):
+        """Zero padding of the spatial axes: pads [x1_begin, x2_begin…, x1_end, x2_end…] (an input
+        from opset 11, with an optional constant_value and, from opset 18, axes)."""
+        x = self.tensor(label, args[0])
+        mode = attrs.get("mode", "constant")
+        if self.opset < 11:
+            pads, value, axes = list(attrs["pads"]), attrs.get("value", 0.0), None
+        else:
+            pads = [int(p) for p in self.constant(label, args[1], "pads").reshape(-1)]
+            value = (float(self.constant(label, args[2], "constant_value").reshape(-1)[0])
+                     if len(args) > 2 and args[2] is not None else 0.0)
+            axes = ([int(a) for a in self.constant(label, args[3], "axes").reshape(-1)]
+                    if len(args) > 3 and args[3] is not None else None)
+        if mode != "constant":
+            raise ModelError(f"{label}: mode={mode!r} padding is not supported; only zero padding (mode='constant')")
+        if value != 0:
+            raise ModelError(f"{label}: padding with the value {value} is not supported; only zero padding")
+        rank = len(self.torch_shape(x))
+        axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+        if len(pads) != 2 * len(axes):
+            raise ModelError(f"{label}: {len(pads)} pads do not fit {len(axes)} axes")
+        begin, end = [0] * rank, [0] * rank
+        for k, axis in enumerate(axes):
+            begin[axis], end[axis] = pads[k], pads[k + len(axes)]
+        if rank != 4 or any(begin[:2]) or any(end[:2]):
+            raise ModelError(f"{label}: pads {pads} are not supported; only padding the height and width of an "
+                             "(N, C, H, W) tensor")
+        return self.b.pad(base, label, x, [begin[2], end[2], begin[3], end[3]])
 
     def _Flatten(self, label, base, args, attrs, node):
         x = self.tensor(label, args[0])
@@ -277,7 +358,10 @@ class _Reader:
         x = args[0]
         target = [int(d) for d in self.constant(label, args[1], "shape").reshape(-1)]
         if not isinstance(x, Value):
-            return np.reshape(np.asarray(x), target)
+            data = np.asarray(x)
+            if not attrs.get("allowzero", 0):
+                target = [data.shape[k] if d == 0 and k < data.ndim else d for k, d in enumerate(target)]
+            return np.reshape(data, target)
         current = self.torch_shape(x)
         if not attrs.get("allowzero", 0):
             target = [current[k] if d == 0 and k < len(current) else d for k, d in enumerate(target)]
@@ -335,8 +419,37 @@ class _Reader:
         return np.squeeze(data, axis=tuple(a % data.ndim for a in axes) if axes else None)
 
     def _Concat(self, label, base, args, attrs, node):
+        """Channels of tensors (axis 1), or constants (shape computations)."""
+        if any(isinstance(v, Value) for v in args):
+            if not all(isinstance(v, Value) for v in args):
+                raise ModelError(f"{label}: concatenates a constant with tensors computed from the input; only "
+                                 "tensors computed from the input can be concatenated")
+            rank = len(self.torch_shape(args[0]))
+            if int(attrs["axis"]) % rank != 1:
+                raise ModelError(f"{label}: concatenation along axis {attrs['axis']} is not supported; only along "
+                                 "channels (axis 1)")
+            return self.b.concat(base, label, list(args))
         parts = [np.asarray(self.constant(label, v, "input")) for v in args]
         return np.concatenate(parts, axis=attrs.get("axis", 0))
+
+    def _ConstantOfShape(self, label, base, args, attrs, node):
+        shape = [int(d) for d in self.constant(label, args[0], "shape").reshape(-1)]
+        fill = _onnx().numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, np.float32)
+        return np.full(shape, fill.reshape(-1)[0], dtype=fill.dtype)
+
+    def _Transpose(self, label, base, args, attrs, node):
+        """A transpose of constants; of a tensor, only one that leaves it as it is."""
+        x = args[0]
+        if not isinstance(x, Value):
+            data = np.asarray(x)
+            return np.transpose(data, attrs.get("perm"))
+        shape = self.torch_shape(x)
+        perm = [int(p) % len(shape) for p in attrs.get("perm", range(len(shape))[::-1])]
+        moved = [p for p in perm if shape[p] != 1]
+        if sorted(perm) == list(range(len(shape))) and [shape[p] for p in perm] == shape and moved == sorted(moved):
+            return x
+        raise ModelError(f"{label}: transposing the axes of a {len(shape)}-D tensor (perm {perm}) is not supported; "
+                         "spkeras keeps tensors channels-first (N, C, H, W)")
 
     def _Cast(self, label, base, args, attrs, node):
         return self.constant(label, args[0], "input").astype(_onnx().helper.tensor_dtype_to_np_dtype(attrs["to"]))

@@ -11,9 +11,10 @@ Reading: an ``nn.Module`` is traced symbolically with torch.fx and stock ``torch
 read from their attributes. A TorchScript module is read from its graph: calls of stock layers
 that keep their configuration (scripted modules) are read from their attributes, everything else
 (traced modules, user code) op by op (``aten::conv2d``, ``aten::batch_norm``…). Control flow
-cannot be read faithfully and is refused. Finally the graph is run beside the module on random
-input; any difference (an operation spkeras did not see) is refused, so an import is either
-faithful or an error.
+that depends on the input cannot be read faithfully and is refused; an ``if`` on a module attribute
+fixed when the module was built (``if self.use_res_connect:``) follows the branch it takes.
+Finally the graph is run beside the module on random input; any difference (an operation spkeras
+did not see) is refused, so an import is either faithful or an error.
 
 Modules do not record their input shape: pass ``input_shape=(C, H, W)`` (or ``(F,)``), set an
 ``input_shape`` attribute on the module, or use ``--input-shape C,H,W`` on the command line.
@@ -37,35 +38,59 @@ import torch.nn.functional as F
 from ..errors import ConfigError, ModelError
 from ..ir import Graph
 from ..ops import run_graph
-from .common import BATCH, RELU_HINT, GraphBuilder, Value, compare_outputs, first_line, parse_input_shape
+from .common import (BATCH, GraphBuilder, IF_RATE, Value, activation_error, ceil_mode_extra, compare_outputs,
+                     first_line, is_activation, parse_input_shape)
 
-SUPPORTED = ("Conv2d, Linear, BatchNorm1d/2d, ReLU (module, F.relu, torch.relu), AvgPool2d, AdaptiveAvgPool2d(1), "
-             "Flatten (module, torch.flatten(x, 1), x.view(x.size(0), -1)), Dropout, residual + / torch.add, "
-             "final Softmax")
+SUPPORTED = ("Conv2d (groups, depthwise), Linear, BatchNorm1d/2d, ReLU (module, F.relu, torch.relu), clipped ReLU "
+             "(ReLU6, Hardtanh(0, c), clamp(x, 0, c)), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, "
+             "AdaptiveMaxPool2d(1), ZeroPad2d/ConstantPad2d(p, 0)/F.pad, Flatten (module, torch.flatten(x, 1), "
+             "x.view(x.size(0), -1)), Dropout, residual + / torch.add, torch.cat(dim=1), final Softmax")
 SUFFIXES = (".pt", ".pth", ".ts")
 
-MAXPOOLS = {"MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool2d", "FractionalMaxPool2d", "LPPool2d"}
-ACTIVATIONS = {"Sigmoid", "Tanh", "LeakyReLU", "ELU", "GELU", "SiLU", "ReLU6", "PReLU", "Hardtanh", "Softplus",
-               "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "LogSigmoid", "Softsign", "Tanhshrink",
-               "Threshold", "RReLU", "GLU", "LogSoftmax"}
 CONTAINERS = {"Sequential", "ModuleList", "ModuleDict"}
 
 
 def _hint(name: str) -> str:
     """Advice for an unsupported module class or function name."""
-    if name in MAXPOOLS or "max_pool" in name:
-        return f"; replace {name} by AvgPool2d and fine-tune"
-    if name in ACTIVATIONS or name.lower() in {a.lower() for a in ACTIVATIONS} | {"leaky_relu", "relu6", "silu"}:
-        return RELU_HINT
-    if name in ("cat", "concat", "stack"):
-        return "; concatenation is not supported"
+    lowered = name.lower()
+    if "pool" in lowered:
+        return "; supported pooling: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d(1)"
+    if "pad" in lowered:
+        return "; only zero padding is supported (ZeroPad2d, ConstantPad2d(p, 0), F.pad(x, p))"
+    if lowered in ("stack", "hstack", "vstack", "dstack"):
+        return "; only concatenation along channels (torch.cat(..., dim=1)) is supported"
     return ""
+
+
+def _unsupported(label: str, name: str, message: str | None = None) -> ModelError:
+    """The refusal of an unsupported module class or function ``name`` in ``label``: why, for an
+    activation an IF neuron cannot represent, else ``message`` (default: what is supported)."""
+    bare = name.split(".")[-1].rstrip("_")
+    if is_activation(bare):
+        return activation_error(label, name)
+    return ModelError(message or f"unsupported {label}: supported are {SUPPORTED}{_hint(bare)}")
 
 
 def _pair(value) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         return (int(value[0]), int(value[-1])) if len(value) in (1, 2) else tuple(value)
     return int(value), int(value)
+
+
+def _output_size(value) -> list:
+    """An adaptive pool's output size as [oh, ow], None meaning 'the input's size'."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    items = items * 2 if len(items) == 1 else items
+    return [None if v is None else int(v) for v in items]
+
+
+def _number(label: str, value, what: str):
+    """A Python number from a constant argument (int, float, or a one-element constant tensor)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    raise ModelError(f"{label}: its {what} is not a constant number; only constant bounds are supported")
 
 
 class _Param:
@@ -89,6 +114,13 @@ class _Function:
         self.name = name
 
 
+class _Indices:
+    """The indices output of a max pool (aten::adaptive_max_pool2d returns them always), usable by nothing."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+
 # ------------------------------------------------------------------ the reader shared by both front-ends
 
 class _Reader:
@@ -103,6 +135,9 @@ class _Reader:
     def tensor(self, label: str, value, what: str = "input") -> Value:
         if isinstance(value, Value):
             return value
+        if isinstance(value, _Indices):
+            raise ModelError(f"{label}: uses the indices of the max pool {value.label}; max-pooling indices are "
+                             "not supported")
         if isinstance(value, _Param):
             raise ModelError(f"{label}: uses the parameter {value.name!r} directly as a tensor; "
                              f"only calls of supported layers are supported ({SUPPORTED})")
@@ -125,8 +160,6 @@ class _Reader:
     def conv(self, base, label, x, weight, bias, stride, padding, dilation=(1, 1), groups=1) -> Value:
         if _pair(dilation) != (1, 1):
             raise ModelError(f"{label}: dilation {_pair(dilation)} is not supported; only 1")
-        if int(groups) != 1:
-            raise ModelError(f"{label}: groups={groups} is not supported; only 1")
         weight = self.weight(label, weight, "weight")
         if weight is None or weight.dim() != 4:
             raise ModelError(f"{label}: only 2-D convolutions (Conv2d) are supported")
@@ -142,7 +175,7 @@ class _Reader:
             ph, pw = _pair(padding)
             pads = [ph, ph, pw, pw]
         return self.b.conv2d(base, label, self.tensor(label, x), weight, self.weight(label, bias, "bias"),
-                             _pair(stride), pads)
+                             _pair(stride), pads, int(groups))
 
     def linear(self, base, label, x, weight, bias) -> Value:
         x = self.tensor(label, x)
@@ -161,22 +194,114 @@ class _Reader:
                                 self.weight(label, mean, "running_mean"), self.weight(label, var, "running_var"),
                                 float(eps))
 
-    def avgpool(self, base, label, x, kernel, stride, padding=0, ceil_mode=False, divisor_override=None) -> Value:
-        if any(_pair(padding)):
-            raise ModelError(f"{label}: padding {_pair(padding)} is not supported; only AvgPool2d without padding")
-        if ceil_mode:
-            raise ModelError(f"{label}: ceil_mode=True is not supported")
-        if divisor_override is not None:
-            raise ModelError(f"{label}: divisor_override is not supported")
+    def pool_geometry(self, label, x: Value, kernel, stride, padding, ceil_mode):
+        """(kernel, stride, (top, bottom, left, right) padding) of a 2-D pool; ceil mode is extra
+        bottom/right padding."""
+        self.b.require_rank(label, x, 3, "pooling")
         kernel = _pair(kernel)
         stride = _pair(stride) if stride not in (None, [], ()) else kernel
-        return self.b.avgpool(base, label, self.tensor(label, x), kernel, stride)
+        ph, pw = _pair(padding)
+        pads = [ph, ph, pw, pw]
+        if ceil_mode:
+            h, w = self.b.shape(x)[1:]
+            pads[1] += ceil_mode_extra(h, kernel[0], stride[0], ph, ph)
+            pads[3] += ceil_mode_extra(w, kernel[1], stride[1], pw, pw)
+        return kernel, stride, pads
+
+    def avgpool(self, base, label, x, kernel, stride, padding=0, ceil_mode=False, count_include_pad=True,
+                divisor_override=None) -> Value:
+        x = self.tensor(label, x)
+        kernel, stride, pads = self.pool_geometry(label, x, kernel, stride, padding, False)
+        if ceil_mode and pads != self.pool_geometry(label, x, kernel, stride, padding, True)[2]:
+            raise ModelError(f"{label}: ceil_mode=True adds a partial window here, whose mean PyTorch takes over "
+                             "fewer pixels; only ceil_mode=False is supported")
+        if any(pads) and not count_include_pad:
+            raise ModelError(f"{label}: padding with count_include_pad=False is not supported; only "
+                             "count_include_pad=True (the default: padded zeros count in the mean)")
+        if divisor_override is not None and int(divisor_override) != kernel[0] * kernel[1]:
+            raise ModelError(f"{label}: divisor_override={divisor_override} is not supported")
+        return self.b.avgpool(base, label, x, kernel, stride, pads)
 
     def adaptive_avgpool(self, base, label, x, output_size) -> Value:
-        if _pair(output_size) != (1, 1):
-            raise ModelError(f"{label}: output_size {output_size} is not supported; only AdaptiveAvgPool2d(1) "
-                             "(global average pooling), or AvgPool2d")
-        return self.b.global_avgpool(base, label, self.tensor(label, x))
+        return self.b.adaptive_avgpool(base, label, self.tensor(label, x), _output_size(output_size))
+
+    def maxpool(self, base, label, x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False,
+                return_indices=False) -> Value:
+        if return_indices:
+            raise ModelError(f"{label}: return_indices=True is not supported; max-pooling indices cannot be used")
+        if _pair(dilation) != (1, 1):
+            raise ModelError(f"{label}: dilation {_pair(dilation)} is not supported; only 1")
+        x = self.tensor(label, x)
+        kernel, stride, pads = self.pool_geometry(label, x, kernel, stride, padding, ceil_mode)
+        return self.b.maxpool(base, label, x, kernel, stride, pads)
+
+    def adaptive_maxpool(self, base, label, x, output_size, return_indices=False) -> Value:
+        if return_indices:
+            raise ModelError(f"{label}: return_indices=True is not supported; max-pooling indices cannot be used")
+        x = self.tensor(label, x)
+        self.b.require_rank(label, x, 3, "adaptive max pooling")
+        size = self.b.shape(x)[1:]
+        out = [n if o is None else o for n, o in zip(size, _output_size(output_size))]
+        if out == [1, 1]:
+            return self.b.global_maxpool(base, label, x)
+        if all(o >= 1 and n % o == 0 for n, o in zip(size, out)):
+            kernel = [n // o for n, o in zip(size, out)]
+            return self.b.maxpool(base, label, x, kernel, kernel, (0, 0, 0, 0))
+        raise ModelError(f"{label}: output size {tuple(out)} does not divide the input size {tuple(size)}; "
+                         "only AdaptiveMaxPool2d(1) or sizes that divide evenly are supported")
+
+    def clipped_relu(self, base, label, x, low, high) -> Value:
+        """clamp(x, low, high): a (clipped) ReLU when ``low`` is 0."""
+        x = self.tensor(label, x)
+        low, high = _number(label, low, "lower bound"), _number(label, high, "upper bound")
+        if low is None or low != 0:
+            shown = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            raise ModelError(f"{label}: clips to {shown}; only a lower bound of 0 (ReLU, ReLU6, clamp(x, 0, c)) "
+                             f"can be converted: {IF_RATE}")
+        return self.b.relu(base, label, x, None if high is None else float(high))
+
+    def pad(self, base, label, x, pad, mode="constant", value=None) -> Value:
+        x = self.tensor(label, x)
+        if mode != "constant":
+            raise ModelError(f"{label}: mode={mode!r} padding is not supported; only zero padding "
+                             "(mode='constant', value=0)")
+        value = _number(label, value, "fill value")
+        if value not in (None, 0):
+            raise ModelError(f"{label}: padding with the value {value} is not supported; only zero padding")
+        pad = [int(p) for p in pad]
+        if len(pad) % 2 or any(pad[4:]):
+            raise ModelError(f"{label}: pads {tuple(pad)} are not supported; only padding of the last two axes "
+                             "(left, right, top, bottom)")
+        left, right, top, bottom = (pad + [0, 0, 0, 0])[:4]
+        return self.b.pad(base, label, x, [top, bottom, left, right])
+
+    def cat(self, base, label, tensors, dim=0) -> Value:
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise ModelError(f"{label}: expected a list of tensors to concatenate")
+        terms = [self.tensor(label, t) for t in tensors]
+        rank = len(self.torch_shape(terms[0]))
+        if int(dim) % rank != 1:
+            raise ModelError(f"{label}: concatenation along dim={dim} is not supported; only along channels (dim=1)")
+        return self.b.concat(base, label, terms)
+
+    def permute(self, base, label, x, dims) -> Value:
+        """A permutation of the axes: refused unless it leaves the tensor as it is."""
+        x = self.tensor(label, x)
+        shape = self.torch_shape(x)
+        dims = [int(d) % len(shape) for d in dims]
+        if sorted(dims) == list(range(len(shape))):
+            permuted = [shape[d] for d in dims]
+            moved = [d for d in dims if shape[d] != 1]
+            if permuted == list(shape) and moved == sorted(moved):
+                return x
+        raise ModelError(f"{label}: permuting or transposing the axes of a {len(shape)}-D tensor is not supported; "
+                         "spkeras keeps tensors channels-first (N, C, H, W)")
+
+    def transpose(self, base, label, x, dim0, dim1) -> Value:
+        rank = len(self.torch_shape(self.tensor(label, x)))
+        dims = list(range(rank))
+        dims[int(dim0) % rank], dims[int(dim1) % rank] = dims[int(dim1) % rank], dims[int(dim0) % rank]
+        return self.permute(base, label, x, dims)
 
     def flatten(self, base, label, x, start=0, end=-1) -> Value:
         x = self.tensor(label, x)
@@ -226,7 +351,7 @@ class _Reader:
         label = f"layer {path!r} ({cls})"
         handler = _MODULES.get(cls)
         if handler is None:
-            raise ModelError(f"unsupported {label}: supported are {SUPPORTED}{_hint(cls)}")
+            raise _unsupported(label, cls)
         if len(args) != 1:
             raise ModelError(f"{label}: called with {len(args)} arguments; expected one tensor")
         return handler(self, path.replace(".", "_") or cls.lower(), label, module, args[0])
@@ -240,6 +365,37 @@ class _Reader:
 
         if op == "relu":
             return self.b.relu(base, label, self.tensor(label, arg(0, "input")))
+        if op == "relu6":
+            return self.clipped_relu(base, label, arg(0, "input"), 0, 6)
+        if op == "hardtanh":
+            return self.clipped_relu(base, label, arg(0, "input"), arg(1, "min_val", -1.0), arg(2, "max_val", 1.0))
+        if op == "clamp":
+            return self.clipped_relu(base, label, arg(0, "input"), arg(1, "min"), arg(2, "max"))
+        if op == "clamp_min":
+            return self.clipped_relu(base, label, arg(0, "input"), arg(1, "min"), None)
+        if op == "clamp_max":
+            return self.clipped_relu(base, label, arg(0, "input"), None, arg(1, "max"))
+        if op == "maxpool":
+            return self.maxpool(base, label, arg(0, "input"), arg(1, "kernel_size"), arg(2, "stride"),
+                                arg(3, "padding", 0), arg(4, "dilation", 1), arg(5, "ceil_mode", False),
+                                arg(6, "return_indices", False))
+        if op == "adaptive_maxpool":
+            return self.adaptive_maxpool(base, label, arg(0, "input"), arg(1, "output_size"),
+                                         arg(2, "return_indices", False))
+        if op == "pad":
+            return self.pad(base, label, arg(0, "input"), arg(1, "pad"), arg(2, "mode", "constant"),
+                            arg(3, "value"))
+        if op == "pad_nd":
+            return self.pad(base, label, arg(0, "input"), arg(1, "pad"), "constant", arg(2, "value", 0))
+        if op == "cat":
+            return self.cat(base, label, arg(0, "tensors"), kwargs.get("axis", arg(1, "dim", 0)))
+        if op == "permute":
+            dims = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            return self.permute(base, label, args[0], kwargs.get("dims", dims))
+        if op == "transpose":
+            return self.transpose(base, label, arg(0, "input"), arg(1, "dim0"), arg(2, "dim1"))
+        if op == "t":
+            return self.transpose(base, label, args[0], 0, -1)
         if op == "add":
             return self.add(base, label, arg(0, "input"), arg(1, "other"), arg(2, "alpha", 1))
         if op == "flatten":
@@ -264,7 +420,8 @@ class _Reader:
             return self.tensor(label, args[0])
         if op == "avgpool":
             return self.avgpool(base, label, arg(0, "input"), arg(1, "kernel_size"), arg(2, "stride"),
-                                arg(3, "padding", 0), arg(4, "ceil_mode", False), arg(6, "divisor_override"))
+                                arg(3, "padding", 0), arg(4, "ceil_mode", False), arg(5, "count_include_pad", True),
+                                arg(6, "divisor_override"))
         if op == "adaptive_avgpool":
             return self.adaptive_avgpool(base, label, arg(0, "input"), arg(1, "output_size"))
         raise AssertionError(op)
@@ -274,6 +431,32 @@ class _Reader:
         name = kind.split("::")[-1]
         if name in ("relu", "relu_"):
             return self.b.relu(base, label, self.tensor(label, args[0]))
+        if name in ("relu6", "relu6_"):
+            return self.clipped_relu(base, label, args[0], 0, 6)
+        if name in ("hardtanh", "hardtanh_", "clamp", "clamp_", "clip", "clip_"):
+            return self.clipped_relu(base, label, args[0], args[1], args[2])
+        if name in ("clamp_min", "clamp_min_"):
+            return self.clipped_relu(base, label, args[0], args[1], None)
+        if name in ("clamp_max", "clamp_max_"):
+            return self.clipped_relu(base, label, args[0], None, args[1])
+        if name == "max_pool2d":
+            return self.maxpool(base, label, *args[:6])
+        if name == "max_pool2d_with_indices":
+            return self.maxpool(base, label, *args[:6], True)
+        if name == "adaptive_max_pool2d":
+            return self.adaptive_maxpool(base, label, args[0], args[1])
+        if name == "pad":
+            return self.pad(base, label, *args[:4])
+        if name == "constant_pad_nd":
+            return self.pad(base, label, args[0], args[1], "constant", args[2] if len(args) > 2 else 0)
+        if name in ("cat", "concat", "concatenate"):
+            return self.cat(base, label, args[0], args[1])
+        if name == "permute":
+            return self.permute(base, label, args[0], args[1])
+        if name in ("transpose", "transpose_", "swapaxes", "swapdims"):
+            return self.transpose(base, label, *args[:3])
+        if name in ("t", "t_"):
+            return self.transpose(base, label, args[0], 0, -1)
         if name in ("add", "add_"):
             return self.add(base, label, args[0], args[1], args[2] if len(args) > 2 else 1)
         if name == "flatten":
@@ -304,13 +487,16 @@ class _Reader:
                 raise ModelError(f"{label}: batch_norm in training mode is not supported")
             return self.batchnorm(base, label, x, gamma, beta, mean, var, eps)
         if name == "avg_pool2d":
-            return self.avgpool(base, label, *args[:4], *args[4:5], *args[6:7])
+            return self.avgpool(base, label, *args[:7])
         if name == "adaptive_avg_pool2d":
             return self.adaptive_avgpool(base, label, args[0], args[1])
         if name in ("Int", "IntImplicit", "ScalarImplicit", "Float", "FloatImplicit"):
             return args[0]
+        if name == "__getitem__" and not isinstance(args[0], Value):  # x.shape[0]
+            return self.function(base, label, "getitem", args[:2], {})
         shown = "torch." + name.rstrip("_")
-        raise ModelError(f"unsupported function {shown} in {label}: supported are {SUPPORTED}{_hint(name.rstrip('_'))}")
+        raise _unsupported(label, shown, f"unsupported function {shown} in {label}: supported are {SUPPORTED}"
+                                         f"{_hint(name.rstrip('_'))}")
 
 
 def _m_conv2d(r, base, label, m, x):
@@ -337,12 +523,29 @@ def _m_relu(r, base, label, m, x):
     return r.b.relu(base, label, r.tensor(label, x))
 
 
+def _m_clipped_relu(r, base, label, m, x):  # ReLU6, Hardtanh
+    return r.clipped_relu(base, label, x, m.min_val, m.max_val)
+
+
 def _m_avgpool(r, base, label, m, x):
-    return r.avgpool(base, label, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.divisor_override)
+    return r.avgpool(base, label, x, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                     m.divisor_override)
 
 
 def _m_adaptive(r, base, label, m, x):
     return r.adaptive_avgpool(base, label, x, m.output_size)
+
+
+def _m_maxpool(r, base, label, m, x):
+    return r.maxpool(base, label, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
+
+
+def _m_adaptive_max(r, base, label, m, x):
+    return r.adaptive_maxpool(base, label, x, m.output_size, m.return_indices)
+
+
+def _m_pad(r, base, label, m, x):  # ZeroPad2d, ConstantPad2d
+    return r.pad(base, label, x, m.padding, "constant", m.value)
 
 
 def _m_flatten(r, base, label, m, x):
@@ -363,15 +566,18 @@ def _m_softmax(r, base, label, m, x):
 
 _MODULES = {
     "Conv2d": _m_conv2d, "Linear": _m_linear, "BatchNorm1d": _m_batchnorm(1), "BatchNorm2d": _m_batchnorm(3),
-    "ReLU": _m_relu, "AvgPool2d": _m_avgpool, "AdaptiveAvgPool2d": _m_adaptive, "Flatten": _m_flatten,
-    "Dropout": _m_dropout, "Dropout1d": _m_dropout, "Dropout2d": _m_dropout, "Identity": _m_identity,
-    "Softmax": _m_softmax,
+    "ReLU": _m_relu, "ReLU6": _m_clipped_relu, "Hardtanh": _m_clipped_relu, "AvgPool2d": _m_avgpool,
+    "AdaptiveAvgPool2d": _m_adaptive, "MaxPool2d": _m_maxpool, "AdaptiveMaxPool2d": _m_adaptive_max,
+    "ZeroPad2d": _m_pad, "ConstantPad2d": _m_pad, "Flatten": _m_flatten, "Dropout": _m_dropout,
+    "Dropout1d": _m_dropout, "Dropout2d": _m_dropout, "Identity": _m_identity, "Softmax": _m_softmax,
 }
 # an attribute that scripted stock modules keep and traced ones lose
 _CONFIG_ATTRIBUTE = {
     "Conv2d": "stride", "Linear": "in_features", "BatchNorm1d": "eps", "BatchNorm2d": "eps", "ReLU": "inplace",
-    "AvgPool2d": "kernel_size", "AdaptiveAvgPool2d": "output_size", "Flatten": "start_dim", "Dropout": "p",
-    "Dropout1d": "p", "Dropout2d": "p", "Softmax": "dim",
+    "ReLU6": "max_val", "Hardtanh": "max_val", "AvgPool2d": "kernel_size", "AdaptiveAvgPool2d": "output_size",
+    "MaxPool2d": "kernel_size", "AdaptiveMaxPool2d": "output_size", "ZeroPad2d": "padding",
+    "ConstantPad2d": "padding", "Flatten": "start_dim", "Dropout": "p", "Dropout1d": "p", "Dropout2d": "p",
+    "Softmax": "dim",
 }
 
 # ------------------------------------------------------------------ torch.fx front-end
@@ -381,18 +587,28 @@ _FX_FUNCTIONS = {
     torch.add: "add", torch.flatten: "flatten", torch.reshape: "reshape", F.dropout: "dropout",
     F.softmax: "softmax", torch.softmax: "softmax", operator.getitem: "getitem", F.avg_pool2d: "avgpool",
     F.adaptive_avg_pool2d: "adaptive_avgpool",
+    F.relu6: "relu6", F.hardtanh: "hardtanh", torch.clamp: "clamp", torch.clip: "clamp",
+    torch.clamp_min: "clamp_min", torch.clamp_max: "clamp_max",
+    F.max_pool2d: "maxpool", torch.max_pool2d: "maxpool", F.adaptive_max_pool2d: "adaptive_maxpool",
+    F.pad: "pad", torch.constant_pad_nd: "pad_nd", torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat",
+    torch.permute: "permute", torch.transpose: "transpose", torch.swapaxes: "transpose", torch.swapdims: "transpose",
+    torch.t: "t",
 }
 _FX_METHODS = {
     "relu": "relu", "relu_": "relu", "add": "add", "add_": "add", "__add__": "add", "__iadd__": "add",
     "flatten": "flatten", "view": "reshape", "reshape": "reshape", "size": "size", "softmax": "softmax",
-    "contiguous": "identity",
+    "contiguous": "identity", "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
+    "clamp_min": "clamp_min", "clamp_min_": "clamp_min", "clamp_max": "clamp_max", "clamp_max_": "clamp_max",
+    "permute": "permute", "transpose": "transpose", "swapaxes": "transpose", "swapdims": "transpose", "t": "t",
 }
 
 
 def _function_name(target) -> str:
     """torch.sigmoid, F.max_pool2d, operator.mul… for messages."""
-    module = (getattr(target, "__module__", None) or "").replace("_operator", "operator")
     name = getattr(target, "__name__", str(target))
+    if getattr(F, name, None) is target:
+        return f"F.{name}"
+    module = (getattr(target, "__module__", None) or "").replace("_operator", "operator")
     if module.startswith("torch.nn.functional"):
         return f"F.{name}"
     if module.startswith("torch") or module == "" and hasattr(torch, name):
@@ -442,7 +658,8 @@ def _read_fx(module: torch.nn.Module, reader: _Reader) -> Value:
             label = f"{node.name} ({shown})"
             if op is None:
                 bare = shown.split(".")[-1]
-                raise ModelError(f"unsupported function {shown} ({node.name}): supported are {SUPPORTED}{_hint(bare)}")
+                raise _unsupported(label, shown, f"unsupported function {shown} ({node.name}): supported are "
+                                                 f"{SUPPORTED}{_hint(bare)}")
             env[node] = reader.function(node.name, label, op, list(args), dict(kwargs))
         elif node.op == "output":
             output = args[0]
@@ -484,7 +701,7 @@ def _call_method(reader: _Reader, target: _Module, method: str, args: list):
     path = target.path or cls
     if stock and cls not in CONTAINERS:
         if cls not in _MODULES:
-            raise ModelError(f"unsupported layer {path!r} ({cls}): supported are {SUPPORTED}{_hint(cls)}")
+            raise _unsupported(f"layer {path!r} ({cls})", cls)
         if method == "forward" and hasattr(target.module, _CONFIG_ATTRIBUTE.get(cls, "training")):
             return reader.module(path, target.module, cls, args)
     graph = target.module._c._get_method(method).graph
@@ -495,15 +712,55 @@ def _call_method(reader: _Reader, target: _Module, method: str, args: list):
     return _walk(reader, graph, env, f"layer {path!r} ({cls})", target.path, leaf=stock and cls not in CONTAINERS)
 
 
+# Python functions of torch.nn.functional that TorchScript calls with prim::CallFunction → op of _Reader.function
+_SCRIPT_FUNCTIONS = {
+    "relu": "relu", "dropout": "dropout", "softmax": "softmax", "flatten": "flatten",
+    "adaptive_avg_pool2d": "adaptive_avgpool", "relu6": "relu6", "hardtanh": "hardtanh", "pad": "pad",
+    "_max_pool2d": "maxpool", "max_pool2d": "maxpool", "max_pool2d_with_indices": "maxpool_indices",
+    "_adaptive_max_pool2d": "adaptive_maxpool", "adaptive_max_pool2d": "adaptive_maxpool",
+    "adaptive_max_pool2d_with_indices": "adaptive_maxpool_indices",
+}
+
+
 def _walk(reader: _Reader, graph, env: dict, owner: str, path: str, leaf: bool = False):
     """Interpret one TorchScript graph; returns the value it returns. Nodes made inside a stock
     layer (``leaf``) are named after the layer, others after the layer and the operator."""
-    flow = next((n.kind() for n in graph.nodes() if n.kind() in ("prim::If", "prim::Loop")), None)
+    flow = next((n.kind() for n in graph.nodes() if n.kind() == "prim::Loop"
+                 or n.kind() == "prim::If" and _from_tensors(n.inputsAt(0))), None)
     if flow:
         raise ModelError(f"{owner}: control flow ({flow}) in a TorchScript module cannot be read faithfully; "
                          "script or trace a module without it, or pass the nn.Module itself")
-    for node in graph.nodes():
+    _walk_nodes(reader, graph.nodes(), env, owner, path, leaf)
+    returned = list(graph.return_node().inputs())
+    return env.get(returned[0]) if len(returned) == 1 else list(env.get(v) for v in returned)
+
+
+def _from_tensors(value) -> bool:
+    """Whether a TorchScript value is computed from tensors (so from the input), not only from
+    constants and module attributes."""
+    if value.type().kind() == "TensorType":
+        return True
+    node = value.node()
+    if node.kind() in ("prim::Constant", "prim::GetAttr", "prim::Param"):
+        return False
+    return any(_from_tensors(v) for v in node.inputs())
+
+
+def _walk_nodes(reader: _Reader, nodes, env: dict, owner: str, path: str, leaf: bool) -> None:
+    """Interpret TorchScript nodes in order, recording their outputs in ``env``. A ``prim::If``
+    whose condition is fixed when the module is built (``if self.use_res_connect:``) runs the
+    branch it takes; control flow that depends on the input cannot be read faithfully."""
+    for node in nodes:
         kind = node.kind()
+        if kind == "prim::If" and type(env.get(node.inputsAt(0))) is bool:
+            block = list(node.blocks())[0 if env[node.inputsAt(0)] else 1]
+            _walk_nodes(reader, block.nodes(), env, owner, path, leaf)
+            for out, value in zip(node.outputs(), block.outputs()):
+                env[out] = env.get(value)
+            continue
+        if kind in ("prim::If", "prim::Loop"):
+            raise ModelError(f"{owner}: control flow ({kind}) in a TorchScript module cannot be read faithfully; "
+                             "script or trace a module without it, or pass the nn.Module itself")
         args = [env.get(v) for v in node.inputs()]
         outputs = list(node.outputs())
         base = path.replace(".", "_") if leaf and path else (
@@ -531,15 +788,19 @@ def _walk(reader: _Reader, graph, env: dict, owner: str, path: str, leaf: bool =
         elif kind == "prim::CallFunction":
             function = args[0]
             name = function.name if isinstance(function, _Function) else "?"
-            op = {"relu": "relu", "dropout": "dropout", "softmax": "softmax", "flatten": "flatten",
-                  "adaptive_avg_pool2d": "adaptive_avgpool"}.get(name)
+            op = _SCRIPT_FUNCTIONS.get(name)
             if op is None:
-                raise ModelError(f"unsupported function F.{name} in {owner}: supported are {SUPPORTED}{_hint(name)}")
+                raise _unsupported(f"{owner}: F.{name}", f"F.{name}", f"unsupported function F.{name} in {owner}: "
+                                                                     f"supported are {SUPPORTED}{_hint(name)}")
             label = f"{owner}: F.{name}"
             call = args[1:]
             base = (path.replace(".", "_") + "_" if path else "") + name
             if op == "dropout":
                 env[outputs[0]] = reader.dropout(base, label, call[0], call[2])
+            elif op == "maxpool_indices":
+                env[outputs[0]] = reader.maxpool(base, label, *call[:6], True)
+            elif op == "adaptive_maxpool_indices":
+                env[outputs[0]] = reader.adaptive_maxpool(base, label, call[0], call[1], True)
             else:
                 env[outputs[0]] = reader.function(base, label, op, call, {})
         elif kind in ("prim::ListConstruct", "prim::TupleConstruct"):
@@ -550,13 +811,14 @@ def _walk(reader: _Reader, graph, env: dict, owner: str, path: str, leaf: bool =
         elif kind in ("prim::NumToTensor", "prim::device", "prim::dtype"):
             env[outputs[0]] = args[0]
         elif kind.startswith("aten::"):
-            if len(outputs) != 1:
+            label = f"{owner}: {kind}"
+            if kind == "aten::adaptive_max_pool2d":  # its second output, the indices, must stay unused
+                env[outputs[1]] = _Indices(label)
+            elif len(outputs) != 1:
                 raise ModelError(f"unsupported function torch.{kind[6:]} in {owner}: supported are {SUPPORTED}")
-            env[outputs[0]] = reader.aten(base, f"{owner}: {kind}", kind, args)
+            env[outputs[0]] = reader.aten(base, label, kind, args)
         else:
             raise ModelError(f"unsupported TorchScript operation {kind} in {owner}: supported are {SUPPORTED}")
-    returned = list(graph.return_node().inputs())
-    return env.get(returned[0]) if len(returned) == 1 else list(env.get(v) for v in returned)
 
 
 # ------------------------------------------------------------------ entry points

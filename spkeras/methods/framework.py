@@ -51,12 +51,27 @@ MERGING_OPS = ("add", "concat")
 
 
 def spike_sites(graph: Graph, spiking_pools: bool) -> list[str]:
-    """Names of the CNN nodes whose outputs become spiking neurons, in topological order."""
+    """Names of the CNN nodes whose outputs become spiking neurons, in topological order: every
+    ReLU, the output and, with ``spiking_pools``, every average pool of non-negative values (a
+    neuron there would cut off the negative values of a pool over raw conv outputs)."""
+    positive = non_negative(graph)
     sites = []
     for node in graph.nodes:
-        if node.op == "relu" or (spiking_pools and node.op in POOL_OPS) or node.name == graph.output:
+        pool_site = spiking_pools and node.op in POOL_OPS and node.name in positive
+        if node.op == "relu" or pool_site or node.name == graph.output:
             sites.append(node.name)
     return sites
+
+
+def non_negative(graph: Graph) -> set[str]:
+    """The nodes whose values cannot be negative: ReLUs, and pools, padding, flattening and
+    concatenation of such values."""
+    positive = set()
+    for node in graph.nodes:
+        if node.op == "relu" or (node.op in (*POOL_OPS, "maxpool", "pad", "flatten", "concat")
+                                 and all(i in positive for i in node.inputs)):
+            positive.add(node.name)
+    return positive
 
 
 @dataclass

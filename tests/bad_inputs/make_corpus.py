@@ -65,7 +65,7 @@ def _keras_files(folder: Path, marker: Path) -> dict[str, str]:
     files = {}
     _, files["sigmoid"] = save("sigmoid.keras", [layers.Flatten(), layers.Dense(4, activation="sigmoid"),
                                                  layers.Dense(2)])
-    _, files["maxpool"] = save("maxpool.keras", [layers.Conv2D(2, 3), layers.MaxPooling2D(2), layers.Flatten(),
+    _, files["leaky"] = save("leaky.keras", [layers.Conv2D(2, 3), layers.LeakyReLU(), layers.Flatten(),
                                                  layers.Dense(2)])
     _, files["transpose"] = save("transpose.keras", [layers.Conv2DTranspose(2, 3), layers.Flatten(), layers.Dense(2)])
     model, files["nan"] = save("nan.keras", [layers.Conv2D(2, 3), layers.ReLU(), layers.Flatten(), layers.Dense(2)])
@@ -108,11 +108,11 @@ def _torch_files(folder: Path, marker: Path) -> dict[str, str]:
         torch.jit.script(module.eval()).save(str(folder / name))
         return str(folder / name)
 
-    files["maxpool"] = script("maxpool.pt", nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(),
-                                                         nn.Linear(8, 2)))
+    files["maxpool"] = script("maxpool.pt", nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2, dilation=2),
+                                                         nn.Flatten(), nn.Linear(2, 2)))
     files["tanh"] = script("tanh.pt", nn.Sequential(nn.Flatten(), nn.Linear(36, 4), nn.Tanh(), nn.Linear(4, 2)))
-    files["adaptive"] = script("adaptive.pt", nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(2),
-                                                           nn.Flatten(), nn.Linear(8, 2)))
+    files["adaptive"] = script("adaptive.pt", nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2),
+                                                           nn.Flatten(), nn.Linear(128, 2)))
     inf = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32, 2))
     with torch.no_grad():
         inf[3].weight[0, 0] = float("inf")
@@ -145,7 +145,8 @@ def _onnx_files(folder: Path) -> dict[str, str]:
 
     w = np.full((2, 1, 3, 3), 0.1)
     files["maxpool"] = save("maxpool.onnx", [helper.make_node("Conv", ["x", "w"], ["c"]),
-                                             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2])],
+                                             helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2],
+                                                              dilations=[2, 2])],
                             {"w": w}, [1, 2, 2, 2])
     w_nan = w.copy()
     w_nan[1, 0, 1, 1] = np.nan
@@ -240,17 +241,16 @@ def make_corpus(folder) -> list[Case]:
              [json_out], str(marker)),
         Case("plain pickle .pt running code", convert(torch_files["evil_plain"], *shape),
              r"refused to unpickle|cannot load PyTorch", [snn_out], str(marker)),
-        # unsupported layers, with the alternative
+        # unsupported layers, with what is supported
         Case("sigmoid hidden activation (Keras)", info(keras_files["sigmoid"]), r"sigmoid.*ReLU", [json_out]),
         Case("tanh hidden activation (PyTorch)", info(torch_files["tanh"], *shape), r"Tanh.*ReLU", [json_out]),
-        Case("max pooling (Keras)", info(keras_files["maxpool"]), r"replace MaxPooling2D by AveragePooling2D",
+        Case("leaky ReLU hidden activation (Keras)", info(keras_files["leaky"]), r"LeakyReLU.*negative.*ReLU",
              [json_out]),
-        Case("max pooling (PyTorch)", info(torch_files["maxpool"], *shape), r"replace MaxPool2d by AvgPool2d",
-             [json_out]),
+        Case("dilated max pooling (PyTorch)", info(torch_files["maxpool"], *shape), r"MaxPool2d.*dilation", [json_out]),
         Case("unsupported layer (Keras)", info(keras_files["transpose"]), r"Conv2DTranspose.*supported layers are",
              [json_out]),
         Case("unsupported layer (PyTorch)", info(torch_files["adaptive"], *shape),
-             r"AdaptiveAvgPool2d\(1\).*or AvgPool2d", [json_out]),
+             r"Upsample.*supported are", [json_out]),
         # NaN and infinite weights
         Case("NaN weights (Keras)", convert(keras_files["nan"]), r"NaN or infinite", [snn_out]),
         Case("inf weights (PyTorch)", convert(torch_files["inf"], *shape), r"NaN or infinite", [snn_out]),
@@ -289,7 +289,7 @@ def make_corpus(folder) -> list[Case]:
     ]
     if onnx_files:
         cases += [
-            Case("max pooling (ONNX)", info(onnx_files["maxpool"]), r"replace MaxPool by AveragePool", [json_out]),
+            Case("dilated max pooling (ONNX)", info(onnx_files["maxpool"]), r"MaxPool.*dilations", [json_out]),
             Case("NaN weights (ONNX)", info(onnx_files["nan"]), r"NaN or infinite", [json_out]),
         ]
     return cases
