@@ -57,3 +57,25 @@ def test_scale_mean_and_std_are_checked():
     with pytest.raises(ConfigError, match="unknown preprocessing"):
         InputPreprocessing.of({"sd": 1})
     assert InputPreprocessing(scale=1.0).apply(graph) is graph
+
+
+def test_keras_model_with_rescaling_fed_raw_pixels():
+    """A Keras model that starts with Rescaling(1/255) expects 0-255 pixels: with input scale 255
+    spkeras's CNN gives Keras's predictions on the raw images, and Rescaling folds away."""
+    from spkeras.importers.keras import import_keras
+
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255),
+                              keras.layers.Conv2D(5, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(4)])
+    x, y = data()
+    own = np.asarray(keras.ops.convert_to_numpy(model(x.astype(np.float32)))).argmax(1)
+    result = api.evaluate(model, (x, y), calibration=x, method="rueckauer2017", timesteps=8, mode="count",
+                          preprocessing={"scale": 255}, readout="potential")
+    assert result.cnn_accuracy == pytest.approx(float((own == y).mean()))
+    graph = api.load_model(model, preprocessing={"scale": 255})
+    assert not canonicalise(graph).nodes_of("affine")
+    pixels = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
+    assert torch.equal(run_graph(graph, pixels).argmax(1), torch.from_numpy(own))
+    assert not torch.equal(run_graph(api.load_model(model), pixels).argmax(1), torch.from_numpy(own))
