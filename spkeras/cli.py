@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="layers, neurons, CNN operations (Eq. 13) and what will spike")
     info.add_argument("model", help=f"{MODEL_HELP}, or a converted network (.snn)")
-    info.add_argument("--spiking-pools", type=options.on_off, default=True, metavar="on|off")
+    options.add_switch(info, "spiking_pools")
+    options.add_switch(info, "maxpool")
     info.add_argument("--json", help="also write the table as JSON")
     add_model_options(info)
 

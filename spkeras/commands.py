@@ -9,7 +9,7 @@ from .atomic import write_json, write_text
 from .evaluation import EvaluationResult, default_checkpoints
 from .formatting import format_table
 from .ir import neurons
-from .methods.framework import spike_sites
+from .methods.framework import pool_before_relu, spike_sites
 from .metrics import cnn_operations
 from .options import method_overrides
 from .passes import canonicalisation_report, canonicalise
@@ -41,7 +41,10 @@ def run_info(args) -> int:
     loaded = api.load_model(model_argument(args))
     graph = loaded.cnn if isinstance(loaded, api.SpikingNetwork) else canonicalise(loaded)
     passes = [] if isinstance(loaded, api.SpikingNetwork) else canonicalisation_report(loaded)
-    sites = set(spike_sites(graph, args.spiking_pools))
+    moved = pool_before_relu(graph.clone()) if args.maxpool != "gate" else graph
+    sites = set(spike_sites(moved, args.spiking_pools))
+    sites = {moved.node(s).inputs[0] if moved.node(s).op == "relu" and s not in {n.name for n in graph.nodes}
+             else s for s in sites}  # a ReLU moved after its max pool: the pool's row carries the neurons
     ops = cnn_operations(graph)
     rows = []
     for node in graph.nodes:

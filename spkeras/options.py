@@ -56,6 +56,12 @@ def add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return group
 
 
+def add_switch(parser: argparse.ArgumentParser, name: str) -> None:
+    """One switch's option on its own (``info`` reads two), defaulting to the framework's value."""
+    field = next(f for f in Method.switches() if f.name == name)
+    parser.add_argument(flag(field), **{**_argument(field), "default": field.default})
+
+
 def preset_settings(name: str) -> str:
     """What a preset sets, as the CLI options that differ from the framework's defaults."""
     preset, base = PRESETS[name], Method()
