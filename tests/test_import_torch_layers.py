@@ -27,6 +27,7 @@ from spkeras.importers.torch import module_to_graph
 from spkeras.ops import run_graph
 
 from .helpers import one_thread  # noqa: F401  (autouse fixture: tiny tensors, one thread)
+from .test_import_torch_onnx import onnx_model
 
 onnx = pytest.importorskip("onnx")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
@@ -133,17 +134,6 @@ def refused(module, shape, *patterns, route="fx"):
     for pattern in patterns:
         assert pattern in message, (pattern, message)
     return message
-
-
-def onnx_graph(nodes, initializers, input_shape, output_shape, opset=13):
-    helper = onnx.helper
-    graph = helper.make_graph(
-        nodes, "handmade",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *input_shape])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", *output_shape])],
-        [onnx.numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v),
-                                      k) for k, v in initializers.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def onnx_refused(model, *patterns):
@@ -254,7 +244,7 @@ def test_onnx_maxpool_attributes():
     helper = onnx.helper
 
     def maxpool(**attrs):
-        model = onnx_graph([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], {}, (2, 7, 6), (2, "h", "w"))
+        model = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], **attrs)], {}, (2, 7, 6), (2, "h", "w"))
         return onnx_run(model, x)
 
     _, y = maxpool(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 1, 0], ceil_mode=1)
@@ -267,14 +257,14 @@ def test_onnx_maxpool_attributes():
     assert graph.nodes[1].attrs["padding"] == [1, 1, 1, 0]
     _, y = maxpool(kernel_shape=[2, 2], auto_pad="VALID")
     torch.testing.assert_close(y, F.max_pool2d(x, 2, 1))
-    _, y = onnx_run(onnx_graph([helper.make_node("GlobalMaxPool", ["x"], ["y"])], {}, (2, 7, 6), (2, 1, 1)), x)
+    _, y = onnx_run(onnx_model([helper.make_node("GlobalMaxPool", ["x"], ["y"])], {}, (2, 7, 6), (2, 1, 1)), x)
     torch.testing.assert_close(y, x.amax(dim=(2, 3), keepdim=True))
     for attrs, pattern in [({"storage_order": 1}, "storage_order"), ({"dilations": [2, 2]}, "dilations")]:
         node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], **attrs)
-        onnx_refused(onnx_graph([node], {}, (2, 7, 6), (2, 3, 3)), "MaxPool", pattern)
+        onnx_refused(onnx_model([node], {}, (2, 7, 6), (2, 3, 3)), "MaxPool", pattern)
     nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], kernel_shape=[2, 2], name="pool"),
              helper.make_node("Cast", ["i"], ["y"], to=onnx.TensorProto.FLOAT)]
-    onnx_refused(onnx_graph(nodes, {}, (2, 4, 4), (2, 2, 2)), "pool (MaxPool)", "Indices")
+    onnx_refused(onnx_model(nodes, {}, (2, 4, 4), (2, 2, 2)), "pool (MaxPool)", "Indices")
 
 
 # ------------------------------------------------------------------ clipped ReLU
@@ -326,16 +316,16 @@ def test_onnx_clip_forms():
         ([helper.make_node("Clip", ["x", "lo"], ["y"])], {"lo": low}, None),
         ([helper.make_node("Clip", ["x", "lo", ""], ["y"])], {"lo": low}, None),
     ]:
-        graph, y = onnx_run(onnx_graph(nodes, initializers, (2, 4, 4), (2, 4, 4)), x)
+        graph, y = onnx_run(onnx_model(nodes, initializers, (2, 4, 4), (2, 4, 4)), x)
         assert graph.nodes[1].attrs.get("max_value") == cap
         torch.testing.assert_close(y, torch.clamp(x, 0, cap))
-    graph, y = onnx_run(onnx_graph([helper.make_node("Clip", ["x"], ["y"], min=0.0, max=2.0)], {}, (2, 4, 4),
+    graph, y = onnx_run(onnx_model([helper.make_node("Clip", ["x"], ["y"], min=0.0, max=2.0)], {}, (2, 4, 4),
                                    (2, 4, 4), opset=9), x)
     torch.testing.assert_close(y, torch.clamp(x, 0, 2))
-    onnx_refused(onnx_graph([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+    onnx_refused(onnx_model([helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
                             {"lo": np.array(-1, np.float32), "hi": high}, (2, 4, 4), (2, 4, 4)),
                  "clip (Clip)", "clips to [-1.0, 6.0]")
-    onnx_refused(onnx_graph([helper.make_node("Clip", ["x", "", "hi"], ["y"], name="clip")], {"hi": high},
+    onnx_refused(onnx_model([helper.make_node("Clip", ["x", "", "hi"], ["y"], name="clip")], {"hi": high},
                             (2, 4, 4), (2, 4, 4)), "clip (Clip)", "clips to [-inf, 6.0]")
 
 
@@ -400,9 +390,9 @@ def test_concatenation_along_other_axes_is_refused(forward, pattern):
 
 def test_onnx_concat_refusals_and_shape_concat():
     helper = onnx.helper
-    onnx_refused(onnx_graph([helper.make_node("Concat", ["x", "x"], ["y"], axis=2, name="cat")], {}, (2, 4, 4),
+    onnx_refused(onnx_model([helper.make_node("Concat", ["x", "x"], ["y"], axis=2, name="cat")], {}, (2, 4, 4),
                             (2, 8, 4)), "cat (Concat)", "axis 2")
-    onnx_refused(onnx_graph([helper.make_node("Concat", ["x", "c"], ["y"], axis=1, name="cat")],
+    onnx_refused(onnx_model([helper.make_node("Concat", ["x", "c"], ["y"], axis=1, name="cat")],
                             {"c": np.zeros((1, 1, 4, 4), np.float32)}, (2, 4, 4), (3, 4, 4)),
                  "cat (Concat)", "constant")
     # the shape computation of x.view(x.size(0), -1) concatenates constants: still evaluated on the way
@@ -488,20 +478,20 @@ def test_padding_refusals(layer, pattern):
 def test_onnx_pad_and_average_pool_refusals():
     helper = onnx.helper
     pads = np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64)
-    onnx_refused(onnx_graph([helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect", name="pad")], {"p": pads},
+    onnx_refused(onnx_model([helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect", name="pad")], {"p": pads},
                             (2, 4, 4), (2, 6, 6)), "pad (Pad)", "mode='reflect'")
-    onnx_refused(onnx_graph([helper.make_node("Pad", ["x", "p", "v"], ["y"], name="pad")],
+    onnx_refused(onnx_model([helper.make_node("Pad", ["x", "p", "v"], ["y"], name="pad")],
                             {"p": pads, "v": np.array(1.0, np.float32)}, (2, 4, 4), (2, 6, 6)),
                  "pad (Pad)", "value 1.0")
-    onnx_refused(onnx_graph([helper.make_node("Pad", ["x", "p"], ["y"], name="pad")],
+    onnx_refused(onnx_model([helper.make_node("Pad", ["x", "p"], ["y"], name="pad")],
                             {"p": np.array([0, 1, 0, 0, 0, 0, 0, 0], np.int64)}, (2, 4, 4), (3, 4, 4)),
                  "pad (Pad)", "height and width")
-    onnx_refused(onnx_graph([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+    onnx_refused(onnx_model([helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                                               name="pool")], {}, (2, 4, 4), (2, 4, 4)), "pool (AveragePool)",
                  "count_include_pad=0")
     x = torch.rand(2, 2, 4, 4)
     node = helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], pads=[0, 1, 2, 1], count_include_pad=1)
-    graph, y = onnx_run(onnx_graph([node], {}, (2, 4, 4), (2, 4, 4)), x)  # pads [top, left, bottom, right]
+    graph, y = onnx_run(onnx_model([node], {}, (2, 4, 4), (2, 4, 4)), x)  # pads [top, left, bottom, right]
     assert [n.op for n in graph.nodes] == ["input", "pad", "avgpool"]
     torch.testing.assert_close(y, F.avg_pool2d(F.pad(x, (1, 1, 0, 2)), 3, 1))
 

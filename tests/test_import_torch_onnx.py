@@ -346,8 +346,8 @@ def onnx_model(nodes, initializers, input_shape, output_shape, opset=13):
         nodes, "handmade",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *input_shape])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", *output_shape])],
-        [onnx.numpy_helper.from_array(v.astype(np.float32) if v.dtype.kind == "f" else v, k)
-         for k, v in initializers.items()])
+        [onnx.numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v),
+                                      k) for k, v in initializers.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
