@@ -5,9 +5,13 @@ cifar10_train_10k.npz, never on test images. One JSON row per (network, method, 
 after each run, so an interrupted run resumes where it stopped. docs/networks.md is generated
 from the rows (--markdown).
 
-    python benchmarks/networks.py --n 500 --timesteps 32,64,128,256
-    python benchmarks/networks.py --limit 1024 --n 200          # every preset at large T
-    python benchmarks/networks.py --markdown > docs/networks_tables.md
+    python benchmarks/networks.py --n 500 --timesteps 32,64,128 --methods "ecc+,ecc"
+    python benchmarks/networks.py --n 500 --timesteps 256 --methods "rueckauer2017,ecc+ maxpool=gate"
+    python benchmarks/networks.py --markdown
+
+A method is a preset name with optional switches, "ecc+ maxpool=gate"; a method whose network
+does not depend on T (rueckauer2017) is simulated once, to the largest T, and read at 32, 64, 128
+and 256 too.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from spkeras.closed_form import closed_form  # noqa: E402
 from spkeras.evaluation import checked_images, cnn_predictions  # noqa: E402
 from spkeras.methods import get_method  # noqa: E402
 from spkeras.methods.framework import prepare  # noqa: E402
-from spkeras.methods.presets import PRESETS  # noqa: E402
 from spkeras.passes import canonicalise  # noqa: E402
 from spkeras.progress import set_quiet  # noqa: E402
 from spkeras.simulate import RunOptions, simulate  # noqa: E402
@@ -40,10 +43,7 @@ SHARED = ROOT.parent / "shared"
 NETS = {"vgg_maxpool": "VGGMaxPool", "resnet18": "ResNet18", "mobilenetv2": "MobileNetV2Small",
         "densenet": "DenseNetSmall"}
 HAS_MAX_POOLING = ("vgg_maxpool", "resnet18")
-# (method, switches): the three presets of the tables, then one row per max-pooling option
-CONFIGS = [("ecc", {}), ("ecc+", {}), ("rueckauer2017", {})]
-POOL_CONFIGS = [("ecc+", {"maxpool": "current"}), ("ecc+", {"maxpool": "gate"}),
-                ("rueckauer2017", {"maxpool": "current"}), ("rueckauer2017", {"maxpool": "gate"})]
+READ_AT = (32, 64, 128, 256)  # where a T-independent network's one run is also read
 RESULTS = ROOT / "benchmarks" / "results" / "networks_cpu.json"
 
 
@@ -73,8 +73,21 @@ def measure(rows: list, key: dict, predictions, labels, cnn, synops, started: fl
                  "convert_s": round(convert_s, 1), "run_s": round(time.perf_counter() - started, 1)})
 
 
-def run_config(rows, net_name, cnn_graph, method, switches, timesteps, images, labels, calibration, cnn, base):
-    """Every T of one (network, method): time-stepped and closed form."""
+def parse(text: str) -> tuple[str, dict]:
+    """'ecc+ maxpool=gate' → ('ecc+', {'maxpool': 'gate'}) (numbers as numbers)."""
+    name, *pairs = text.split()
+    switches = {}
+    for pair in pairs:
+        key, value = pair.split("=")
+        try:
+            switches[key] = json.loads(value)
+        except json.JSONDecodeError:
+            switches[key] = value
+    return name, switches
+
+
+def run_config(rows, out, net_name, cnn_graph, method, switches, timesteps, images, labels, calibration, cnn, base):
+    """Every T of one (network, method): time-stepped and closed form; rows saved after each T."""
     preset = get_method(method, **switches)
     started = time.perf_counter()
     prepared = prepare(cnn_graph, calibration, preset)
@@ -83,21 +96,22 @@ def run_config(rows, net_name, cnn_graph, method, switches, timesteps, images, l
     networks = {}
     for steps in (timesteps if per_t else [max(timesteps)]):
         started = time.perf_counter()
-        networks[steps] = (prepared.network(steps), prepare_s + time.perf_counter() - started)
-    for steps in (timesteps if per_t else [max(timesteps)]):
-        net, convert_s = networks[steps]
+        net = prepared.network(steps)
+        convert_s = prepare_s + time.perf_counter() - started
         started = time.perf_counter()
         record = simulate(net, images, RunOptions(timesteps=steps))
-        for t in (timesteps if not per_t else [steps]):
+        read = [steps] if per_t else sorted({t for t in (*READ_AT, *timesteps) if t <= steps})
+        for t in read:
             key = {**base, "net": net_name, "method": label(method, switches), "timesteps": t, "mode": "simulate"}
             measure(rows, key, record.predictions[t - 1], labels, cnn, float(record.synops[t - 1].sum()), started,
                     convert_s)
-        for t in (timesteps if not per_t else [steps]):
+        for t in read:
             started = time.perf_counter()
             counted = closed_form(net, images, [t])
             key = {**base, "net": net_name, "method": label(method, switches), "timesteps": t, "mode": "count"}
             measure(rows, key, counted.predictions[0], labels, cnn, float(counted.synops[0].sum()), started, convert_s)
         print(json.dumps(rows[-1]), flush=True)
+        write_json(out, {"rows": rows})
 
 
 def done(rows, net, method, steps) -> bool:
@@ -108,8 +122,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nets", default=",".join(NETS))
     parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--timesteps", default="32,64,128,256")
-    parser.add_argument("--limit", type=int, help="instead: every preset at this T (agreement in the limit)")
+    parser.add_argument("--timesteps", default="32,64,128")
+    parser.add_argument("--methods", default="ecc,ecc+,rueckauer2017",
+                        help="comma-separated presets with optional switches, e.g. 'ecc+ maxpool=gate'")
+    parser.add_argument("--pooling-only", action="store_true", help="only the networks with max pooling")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--markdown", action="store_true", help="print the tables of --out and exit")
     args = parser.parse_args()
@@ -119,10 +135,12 @@ def main() -> None:
         print(markdown(rows))
         return
     set_quiet(True)
-    timesteps = [args.limit] if args.limit else [int(t) for t in args.timesteps.split(",")]
+    timesteps = [int(t) for t in args.timesteps.split(",")]
     base = {"n": args.n, "device": f"cpu ({platform.processor() or platform.machine()}, "
                                    f"{torch.get_num_threads()} threads)", "images": f"cifar10_test 0-{args.n - 1}"}
     for net_name in args.nets.split(","):
+        if args.pooling_only and net_name not in HAS_MAX_POOLING:
+            continue
         graph = load(net_name)
         images, labels, calibration = data(args.n, graph)
         cnn = cnn_predictions(canonicalise(graph), images, 100, "cpu")
@@ -130,17 +148,15 @@ def main() -> None:
                    "accuracy": float((cnn == labels).double().mean()), "agreement": 1.0, "mops_per_image": None}
         if not done(rows, net_name, "CNN", 0):
             rows.append(cnn_row)
-        configs = ([(name, {}) for name in PRESETS] if args.limit else
-                   CONFIGS + (POOL_CONFIGS if net_name in HAS_MAX_POOLING else []))
-        for method, switches in configs:
-            if all(done(rows, net_name, label(method, switches), t) for t in timesteps):
-                continue
-            run_config(rows, net_name, graph, method, switches, timesteps, images, labels, calibration, cnn, base)
-            write_json(out, {"rows": rows})
+        for method, switches in map(parse, args.methods.split(",")):
+            missing = [t for t in timesteps if not done(rows, net_name, label(method, switches), t)]
+            if missing:
+                run_config(rows, out, net_name, graph, method, switches, missing, images, labels, calibration,
+                           cnn, base)
 
 
 def markdown(rows: list) -> str:
-    """One table per network: a row per method (and max-pooling option), a column group per T."""
+    """One table per network: a row per method (and max-pooling option) and mode, a column per T."""
     lines = []
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net]
@@ -148,17 +164,20 @@ def markdown(rows: list) -> str:
         steps = sorted({r["timesteps"] for r in mine if r["timesteps"]})
         lines += [f"### {net}", "", f"CNN: {100 * cnn['accuracy']:.1f} % on {cnn['images']} (n = {cnn['n']}, "
                   f"{cnn['device']}). Cells: accuracy % / agreement with the CNN % / MOps per image.", "",
-                  "| method | mode | " + " | ".join(f"T = {t}" for t in steps) + " |",
-                  "|---|---|" + "---|" * len(steps)]
+                  "| method | mode | n | " + " | ".join(f"T = {t}" for t in steps) + " |",
+                  "|---|---|---|" + "---|" * len(steps)]
         for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "CNN"):
             for mode, name in (("simulate", "time-stepped"), ("count", "closed form")):
-                cells = []
+                cells, sizes = [], set()
                 for t in steps:
                     row = next((r for r in mine if r["method"] == method and r["mode"] == mode
                                 and r["timesteps"] == t), None)
+                    sizes.update([row["n"]] if row else [])
                     cells.append("–" if row is None else f"{100 * row['accuracy']:.1f} / {100 * row['agreement']:.1f}"
                                  f" / {row['mops_per_image']:.2f}")
-                lines.append(f"| {method} | {name} | " + " | ".join(cells) + " |")
+                if sizes:
+                    n = ", ".join(str(k) for k in sorted(sizes))
+                    lines.append(f"| {method} | {name} | {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -220,15 +220,17 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2Small(nn.Module):
     """MobileNetV2 at CIFAR scale: 3x3 stem conv (stride 1, 32 ch), 8 inverted residual blocks
-    (t, c, n, s) = (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1),
-    1x1 conv to 320 ch-BN-ReLU6, AdaptiveAvgPool2d(1), flatten, Linear(320, 10)."""
+    (t, c, n, s) = (1, 16, 1, 2), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)
+    (maps 32 -> 16 -> 8 -> 4), 1x1 conv to 320 ch-BN-ReLU6, AdaptiveAvgPool2d(1), flatten,
+    Linear(320, 10)."""
 
     DESCRIPTION = ("MobileNetV2-style: 3x3 conv 32-BN-ReLU6, 8 inverted residual blocks (t,c,n,s) = "
-                   "(1,16,1,1) (6,24,2,2) (6,32,2,2) (6,64,2,2) (6,96,1,1) with depthwise 3x3 convs and ReLU6, "
+                   "(1,16,1,2) (6,24,2,1) (6,32,2,2) (6,64,2,2) (6,96,1,1) (maps 32->16->8->4) with depthwise "
+                   "3x3 convs (stride 2 ones padded 1) and ReLU6, "
                    "residual add where stride 1 and channels match, 1x1 conv 320-BN-ReLU6, "
                    "AdaptiveAvgPool2d(1), flatten, Linear(320, 10)")
     STEM = 32
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
+    SETTINGS = ((1, 16, 1, 2), (6, 24, 2, 1), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1))
     LAST = 320
 
     def __init__(self):
@@ -306,16 +308,16 @@ class Transition(nn.Module):
 
 
 class DenseNetSmall(nn.Module):
-    """3x3 stem conv 32-BN-ReLU; 3 dense blocks of 4 layers (growth 16, each layer conv3x3-BN-ReLU
+    """3x3 stem conv 24-BN-ReLU; 3 dense blocks of 4 layers (growth 12, each layer conv3x3-BN-ReLU
     on the concatenation of all earlier maps of its block), transitions 1x1 conv-BN-ReLU +
     AvgPool2d(2) halving the channels; AdaptiveAvgPool2d(1), flatten, Linear."""
 
-    DESCRIPTION = ("DenseNet-style (post-activation): 3x3 conv 32-BN-ReLU, 3 dense blocks of 4 layers "
-                   "(growth 16; each layer conv3x3-BN-ReLU on torch.cat of all earlier maps of its block), "
+    DESCRIPTION = ("DenseNet-style (post-activation): 3x3 conv 24-BN-ReLU, 3 dense blocks of 4 layers "
+                   "(growth 12; each layer conv3x3-BN-ReLU on torch.cat of all earlier maps of its block), "
                    "transitions 1x1 conv-BN-ReLU + AvgPool2d(2) halving the channels "
                    "(32x32 -> 16x16 -> 8x8), AdaptiveAvgPool2d(1), flatten, Linear")
-    STEM = 32
-    GROWTH = 16
+    STEM = 24
+    GROWTH = 12
     LAYERS = (4, 4, 4)
 
     def __init__(self):
@@ -382,7 +384,9 @@ class _Twin:
         assert m.padding_mode == "zeros"
         if (sh, sw) == (1, 1) and (ph, pw) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 == 1 and kw % 2 == 1 \
                 and kh <= 3 and kw <= 3:
-            padding = "same"  # stride 1, odd kernel: 'same' pads symmetrically, exactly like torch
+            # stride 1, odd kernel up to 3x3: 'same' pads symmetrically, exactly like torch; strided and
+            # larger convs get an explicit ZeroPadding2D (Keras' 'same' pads asymmetrically when strided)
+            padding = "same"
         else:
             if ph or pw:
                 x = L.ZeroPadding2D((ph, pw), name=self.name(name + "_pad"))(x)
