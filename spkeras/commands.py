@@ -42,9 +42,8 @@ def run_info(args) -> int:
     graph = loaded.cnn if isinstance(loaded, api.SpikingNetwork) else canonicalise(loaded)
     passes = [] if isinstance(loaded, api.SpikingNetwork) else canonicalisation_report(loaded)
     moved = pool_before_relu(graph.clone()) if args.maxpool != "gate" else graph
-    sites = set(spike_sites(moved, args.spiking_pools))
-    sites = {moved.node(s).inputs[0] if moved.node(s).op == "relu" and s not in {n.name for n in graph.nodes}
-             else s for s in sites}  # a ReLU moved after its max pool: the pool's row carries the neurons
+    shown = {n.name for n in graph.nodes}  # a ReLU moved after its max pool: the pool's row carries its neurons
+    sites = {s if s in shown else moved.node(s).inputs[0] for s in spike_sites(moved, args.spiking_pools)}
     ops = cnn_operations(graph)
     rows = []
     for node in graph.nodes:

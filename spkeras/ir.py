@@ -109,6 +109,11 @@ class Graph:
         """A deep copy whose tensors can be modified freely."""
         return copy.deepcopy(self)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of its parameters (float32 for a graph without any)."""
+        return next((p.dtype for n in self.nodes for p in n.params.values()), torch.float32)
+
     def nodes_of(self, *ops: str) -> list[Node]:
         return [n for n in self.nodes if n.op in ops]
 

@@ -35,6 +35,12 @@ def batchnorm_gain_and_shift(bn: Node, use_eps: bool = True) -> tuple[torch.Tens
     return gain, p["beta"] - gain * p["mean"]
 
 
+def batchnorm_foldable(graph: Graph, bn: Node) -> bool:
+    """Whether a batch-norm directly follows a conv or dense layer that feeds nothing else."""
+    layer = graph.node(bn.inputs[0])
+    return layer.op in WEIGHTED_OPS and len(graph.consumers(layer.name)) == 1
+
+
 def fold_batchnorm(graph: Graph, use_eps: bool = True) -> Graph:
     """Fold every batch-norm into the conv or dense layer before it (CMB, Eq. 11–12).
 
@@ -44,11 +50,11 @@ def fold_batchnorm(graph: Graph, use_eps: bool = True) -> Graph:
     and DenseNets) becomes the per-channel ``affine`` node g·x + s it computes.
     """
     for bn in graph.nodes_of("batchnorm"):
-        layer = graph.node(bn.inputs[0])
         gain, shift = batchnorm_gain_and_shift(bn, use_eps)
-        if layer.op not in WEIGHTED_OPS or len(graph.consumers(layer.name)) != 1:
+        if not batchnorm_foldable(graph, bn):
             bn.op, bn.params, bn.attrs = "affine", {"weight": gain, "bias": shift}, {}
             continue
+        layer = graph.node(bn.inputs[0])
         weight = layer.params["weight"]
         bias = layer.params.get("bias", torch.zeros(weight.shape[0], dtype=weight.dtype))
         layer.params["weight"] = weight * gain.view((-1,) + (1,) * (weight.dim() - 1))
@@ -73,9 +79,9 @@ def merge_padding(graph: Graph) -> Graph:
 
 
 def fold_affine(graph: Graph) -> Graph:
-    """Fold a per-channel affine map x·w + c into the next one, or into the ungrouped conv or dense layer it alone feeds:
-    its scale into that layer's input weights (exact: a padded zero stays zero), its shift into
-    the bias where no zero padding would see it (dense layers, unpadded convs)."""
+    """Fold a per-channel affine map x·w + c into the next one, or into the ungrouped conv or dense
+    layer it alone feeds: its scale into that layer's input weights, its shift into the bias; only
+    where no zero padding would see the shift (dense layers, unpadded convs)."""
     for affine in graph.nodes_of("affine"):
         consumers = graph.consumers(affine.name)
         if len(consumers) == 1 and consumers[0].op == "affine":  # two in a row: one map
@@ -115,11 +121,8 @@ def canonicalisation_report(graph: Graph) -> list[str]:
     def layers(op: str) -> list[str]:
         return [n.source or n.name for n in graph.nodes_of(op)]
 
-    def foldable(bn: Node) -> bool:
-        return graph.node(bn.inputs[0]).op in WEIGHTED_OPS and len(graph.consumers(bn.inputs[0])) == 1
-
-    folded = [n.source or n.name for n in graph.nodes_of("batchnorm") if foldable(n)]
-    kept = [n.source or n.name for n in graph.nodes_of("batchnorm") if not foldable(n)]
+    folded = [n.source or n.name for n in graph.nodes_of("batchnorm") if batchnorm_foldable(graph, n)]
+    kept = [n.source or n.name for n in graph.nodes_of("batchnorm") if not batchnorm_foldable(graph, n)]
     lines = []
     if folded:
         lines.append(f"folded {len(folded)} batch-norm layer(s) into the conv/dense layer before each "

@@ -62,7 +62,7 @@ class InputPreprocessing:
         if bool((weight == 1).all() and (bias == 0).all()):
             return graph
         graph = graph.clone()
-        dtype = next((p.dtype for n in graph.nodes for p in n.params.values()), torch.float32)
+        dtype = graph.dtype
         node = Node(unique_name(graph, "preprocessing"), "affine", [], {"weight": weight.to(dtype), "bias": bias.to(dtype)},
                     {}, graph.input.shape, f"preprocessing (x·{self.scale:g} − mean)/std")
         return insert_after(graph, graph.input.name, node)

@@ -293,23 +293,31 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1)
 
 
-class _Gate:
-    """A spiking max pool (Rueckauer et al. 2017): at each step it passes, for every window, the
-    spike of the input unit with the largest spike count so far, this step included (ties: the
-    first unit of the window in row-major order); padded units never win. As T grows the chosen
-    unit becomes the one with the largest rate, so the pool's rate tends to the max of its inputs."""
+class _RunningSum:
+    """The running sum of a max pool's input over the steps of a batch, carried from chunk to chunk."""
 
     def __init__(self, node: Node):
         self.node = node
         self.counts: torch.Tensor | None = None
 
     def accumulated(self, per_step: torch.Tensor) -> torch.Tensor:
-        """The running sums (steps, B, …) of the input, carried from chunk to chunk."""
+        """The running sums (steps, B, …) of the input so far."""
         cumulative = per_step.cumsum(0)
         if self.counts is not None:
             cumulative += self.counts
         self.counts = cumulative[-1].clone()
         return cumulative
+
+    def keep(self, rows: torch.Tensor) -> None:
+        if self.counts is not None:
+            self.counts = self.counts[rows]
+
+
+class _Gate(_RunningSum):
+    """A spiking max pool (Rueckauer et al. 2017): at each step it passes, for every window, the
+    spike of the input unit with the largest spike count so far, this step included (ties: the
+    first unit of the window in row-major order); padded units never win. As T grows the chosen
+    unit becomes the one with the largest rate, so the pool's rate tends to the max of its inputs."""
 
     def run(self, spikes: torch.Tensor) -> torch.Tensor:
         """Spikes (steps, B, C, H, W) in; the passed spikes (steps, B, C, H', W') out."""
@@ -324,12 +332,8 @@ class _Gate:
         passed = passed * scale if scale != 1.0 else passed
         return passed.view(spikes.shape[0], spikes.shape[1], *passed.shape[1:])
 
-    def keep(self, rows: torch.Tensor) -> None:
-        if self.counts is not None:
-            self.counts = self.counts[rows]
 
-
-class _AccumulatedMax(_Gate):
+class _AccumulatedMax(_RunningSum):
     """A max pool over currents that passes, at step t, M(t) − M(t−1), where M(t) is the max over
     the window of the input currents accumulated up to t (M(0) = 0). The sum over T steps
     telescopes to max_i Σ_t z_i(t): the neuron it feeds integrates exactly the largest total

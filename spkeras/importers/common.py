@@ -21,14 +21,17 @@ from ..ops import apply_cnn
 # negative input current, grows linearly above it and saturates at one spike per step.
 IF_RATE = ("hidden activations must be ReLU or clipped ReLU such as ReLU6, because an IF neuron's spike rate is "
            "non-negative and saturates only at one spike per step")
-NEGATIVE = "its output can be negative"
-NON_MONOTONE = "it is not monotone (it dips below zero before rising)"
-SMOOTH = "it is a smooth or saturating curve, non-zero for negative inputs"
+NEGATIVE = "its output can be negative, and an IF neuron's firing rate cannot be negative"
+NON_MONOTONE = "it is not monotone (it dips below zero before rising), which an IF neuron's rate cannot follow"
+SMOOTH = "it is a smooth or saturating curve, non-zero for negative inputs, which an IF neuron's rate cannot follow"
+# keys as activation_key() writes the names of every framework (torch modules and functions, ONNX
+# operators, Keras activation names)
 ACTIVATION_PROBLEMS = {
-    **dict.fromkeys(("leakyrelu", "prelu", "rrelu", "elu", "selu", "celu", "tanh", "softsign", "tanhshrink",
-                     "logsigmoid", "logsoftmax", "hardshrink", "softshrink"), NEGATIVE),
-    **dict.fromkeys(("gelu", "silu", "swish", "hardswish", "mish"), NON_MONOTONE),
-    **dict.fromkeys(("sigmoid", "hardsigmoid", "softplus"), SMOOTH),
+    **dict.fromkeys(("leakyrelu", "prelu", "rrelu", "elu", "selu", "celu", "tanh", "hardtanh", "softsign",
+                     "tanhshrink", "logsigmoid", "logsoftmax", "hardshrink", "softshrink"), NEGATIVE),
+    **dict.fromkeys(("gelu", "silu", "swish", "hardswish", "hardsilu", "mish"), NON_MONOTONE),
+    **dict.fromkeys(("sigmoid", "hardsigmoid", "sparsesigmoid", "softplus", "squareplus", "sparseplus",
+                     "exponential"), SMOOTH),
     "threshold": "it jumps from its fill value to the input at its threshold",
     "thresholdedrelu": "it jumps from zero to its threshold",
     "glu": "it multiplies two halves of its input",

@@ -19,6 +19,7 @@ import torch
 from ..backend import choose_keras_backend
 from ..errors import ModelError
 from ..ir import Graph, Node
+from .common import ACTIVATION_PROBLEMS, NEGATIVE, activation_key, same_padding
 
 SUPPORTED_LAYERS = (
     "Conv2D (groups), DepthwiseConv2D, SeparableConv2D, Dense, BatchNormalization, "
@@ -28,19 +29,6 @@ SUPPORTED_LAYERS = (
 )
 RELU_HINT = "; hidden activations must be ReLU or clipped ReLU (ReLU6, ReLU(max_value))"
 CLIPPED_RELUS = {"relu": None, "relu6": 6.0}  # activation name → max_value of the relu node
-
-# Why an integrate-and-fire neuron cannot represent an activation: its firing rate is zero for a
-# negative input current and grows linearly (up to the maximum rate) above it.
-NEGATIVE = "its output can be negative, and an IF neuron's firing rate cannot be negative"
-NON_MONOTONE = "it is not monotone (it dips below zero before rising), which an IF neuron's rate cannot follow"
-SATURATING = "it is a smooth or saturating curve, non-zero for negative inputs, which an IF neuron's rate cannot follow"
-ACTIVATION_PROBLEMS = {
-    **dict.fromkeys(("leaky_relu", "elu", "selu", "celu", "tanh", "softsign", "hard_tanh", "tanh_shrink",
-                     "soft_shrink", "hard_shrink", "log_sigmoid", "log_softmax"), NEGATIVE),
-    **dict.fromkeys(("gelu", "silu", "swish", "hard_silu", "hard_swish", "mish", "glu"), NON_MONOTONE),
-    **dict.fromkeys(("sigmoid", "hard_sigmoid", "sparse_sigmoid", "softplus", "squareplus", "sparse_plus",
-                     "exponential"), SATURATING),
-}
 
 
 def import_keras():
@@ -344,7 +332,7 @@ def _relu_node(name: str, source: str, max_value) -> Node:
 
 def _activation_error(c: _Call, act: str) -> ModelError:
     """Why the activation ``act`` (a name, or 'a custom function') of the layer cannot be converted."""
-    problem = ACTIVATION_PROBLEMS.get(act)
+    problem = ACTIVATION_PROBLEMS.get(activation_key(act))
     what = act if act == "a custom function" else repr(act)
     if problem:
         return c.error(f"activation {what} cannot be converted: {problem}{RELU_HINT}")
@@ -365,13 +353,6 @@ def _fused_activation(b: _Builder, c: _Call, main: Node) -> list[Node]:
     raise _activation_error(c, act)
 
 
-def _same_padding(size: int, kernel: int, stride: int) -> list[int]:
-    """TensorFlow's 'same' padding (before, after) along one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return [total // 2, total - total // 2]
-
-
 def _require_channels_last(c: _Call) -> None:
     """Refuse layers configured for channels-first tensors."""
     if getattr(c.layer, "data_format", "channels_last") != "channels_last":
@@ -381,7 +362,7 @@ def _require_channels_last(c: _Call) -> None:
 def _window_padding(c: _Call, kernel, strides) -> list[int]:
     """The (top, bottom, left, right) padding of a conv or pooling layer's ``padding`` argument."""
     (h, w, _), (kh, kw), (sh, sw) = c.shapes[0], kernel, strides
-    return _same_padding(h, kh, sh) + _same_padding(w, kw, sw) if c.layer.padding == "same" else [0, 0, 0, 0]
+    return same_padding(h, kh, sh) + same_padding(w, kw, sw) if c.layer.padding == "same" else [0, 0, 0, 0]
 
 
 def _check_conv(c: _Call) -> None:
@@ -520,7 +501,7 @@ def _avgpool(b: _Builder, c: _Call) -> list[Node]:
     layer = c.layer
     _require_channels_last(c)
     (h, w, _), (kh, kw), (sh, sw) = c.shapes[0], layer.pool_size, layer.strides
-    if layer.padding == "same" and any(_same_padding(h, kh, sh) + _same_padding(w, kw, sw)):
+    if layer.padding == "same" and any(same_padding(h, kh, sh) + same_padding(w, kw, sw)):
         raise c.error("padding='same' pads this input, which is not supported; use padding='valid'")
     return [Node(c.name, "avgpool", [c.inputs[0]], attrs={"kernel": [kh, kw], "stride": [sh, sw]})]
 

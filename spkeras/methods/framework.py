@@ -3,8 +3,8 @@
 Every method is a :class:`~spkeras.method.Method` preset; this module turns a CNN
 graph plus calibration images into a spiking graph for any preset:
 
-1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax); with
-   unless ``maxpool='gate'``, move each ReLU after the max pool it feeds (max(ReLU(z)) = ReLU(max(z)));
+1. canonicalise the CNN (drop dropout, fold BN with or without ε, drop the final softmax); unless
+   ``maxpool='gate'``, move each ReLU after the max pool it feeds (max(ReLU(z)) = ReLU(max(z)));
 2. choose the spiking sites: every ReLU, every average pool (``spiking_pools``), the output;
 3. calibrate λ_n at every site; a clipped ReLU (ReLU6: min(max(x, 0), c)) gets λ_n ≤ c, so the
    neuron's saturation at one spike per step represents the clip;
@@ -68,7 +68,7 @@ def non_negative(graph: Graph) -> set[str]:
     concatenation of such values."""
     positive = set()
     for node in graph.nodes:
-        if node.op == "relu" or (node.op in (*POOL_OPS, "maxpool", "pad", "flatten", "concat")
+        if node.op == "relu" or (node.op in (*SCALED_OPS, "pad", "flatten", "concat")
                                  and all(i in positive for i in node.inputs)):
             positive.add(node.name)
     return positive
@@ -211,7 +211,7 @@ def cap_lambdas(graph: Graph, lambdas: dict[str, float]) -> dict[str, float]:
 def model_bounds(graph: Graph, sites: list[str]) -> dict[str, float]:
     """Model-based normalisation (Diehl et al. 2015): the largest activation the weights allow
     for inputs in [0, 1], propagated layer by layer: Σ_j max(W_ij, 0)·bound_in + max(b_i, 0)."""
-    dtype = next((p.dtype for n in graph.nodes for p in n.params.values()), torch.float32)
+    dtype = graph.dtype
     bound = {graph.input.name: torch.ones(graph.input.shape, dtype=dtype)}
     for node in graph.nodes[1:]:
         inputs = [bound[i] for i in node.inputs]
