@@ -1,6 +1,6 @@
 """A small zoo of reference CNNs for CIFAR-10 (3x32x32 inputs in [0, 1], 10 classes).
 
-Four PyTorch networks with the layers of real-world models, each with a no-argument constructor
+Five PyTorch networks with the layers of real-world models, each with a no-argument constructor
 (so that ``--torch-class zoo:ResNet18`` works with ``scripts/`` on sys.path or as the current
 folder), and for each a Keras twin builder ``keras_twin(module)`` that builds the same network as a
 channels-last Keras Functional model and copies the (trained) weights into it:
@@ -8,7 +8,9 @@ channels-last Keras Functional model and copies the (trained) weights into it:
 * ``VGGMaxPool``       -- 3x3 conv-BN-ReLU stages with 2x2 max pooling, flatten, two Linear layers;
 * ``ResNet18``         -- torchvision's ResNet-18 layout at base width 16 (16/32/64/128 channels);
 * ``MobileNetV2Small`` -- MobileNetV2 inverted residual blocks (ReLU6, depthwise convs);
-* ``DenseNetSmall``    -- DenseNet-style blocks that concatenate all earlier maps of their block.
+* ``DenseNetSmall``    -- DenseNet-style blocks that concatenate all earlier maps of their block;
+* ``ResNet20``         -- the CIFAR ResNet-20 of He et al. (3x3 stem, 3 stages x 3 BasicBlocks,
+  16/32/64 channels, 1x1 conv-BN projection shortcuts), global average pooling.
 
 Inputs are pixels / 255 (no mean/std normalisation). Every conv is followed by BatchNorm2d; the
 networks are meant to be used in eval mode. The Keras twins reproduce PyTorch's symmetric padding
@@ -31,12 +33,14 @@ __all__ = [
     "ResNet18",
     "MobileNetV2Small",
     "DenseNetSmall",
+    "ResNet20",
     "NETS",
     "keras_twin",
     "vgg_maxpool_keras",
     "resnet18_keras",
     "mobilenetv2_keras",
     "densenet_keras",
+    "resnet20_keras",
     "count_params",
     "layer_summary",
 ]
@@ -345,6 +349,57 @@ class DenseNetSmall(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# ResNet-20 (CIFAR layout of He et al., projection shortcuts)
+# --------------------------------------------------------------------------------------------
+class ResNet20(nn.Module):
+    """The CIFAR-10 ResNet-20 of He et al. (2016): 3x3 conv 16-BN-ReLU stem (stride 1, no max pool),
+    3 stages x 3 BasicBlocks (16/32/64 channels, maps 32 -> 16 -> 8), the first block of stages 2
+    and 3 with stride 2 and a 1x1 conv (stride 2)-BN projection shortcut (option B),
+    AdaptiveAvgPool2d(1), flatten, Linear(64, 10). Attribute names as in ``ResNet18`` (conv1, bn1,
+    relu, layer1..layer3, avgpool, fc)."""
+
+    DESCRIPTION = ("CIFAR ResNet-20 (He et al.): 3x3 conv 16 (stride 1, pad 1)-BN-ReLU, no max pool, "
+                   "3 stages x 3 BasicBlocks (16/32/64 channels, maps 32->16->8; stride 2 + 1x1 conv (stride 2)-BN "
+                   "projection shortcut at the first block of stages 2 and 3), AdaptiveAvgPool2d(1), flatten, "
+                   "fc(64, 10)")
+    WIDTHS = (16, 32, 64)
+    BLOCKS = 3
+
+    def __init__(self):
+        super().__init__()
+        self.inplanes = self.WIDTHS[0]
+        self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(self.WIDTHS[0], self.BLOCKS)
+        self.layer2 = self._make_layer(self.WIDTHS[1], self.BLOCKS, stride=2)
+        self.layer3 = self._make_layer(self.WIDTHS[2], self.BLOCKS, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(self.WIDTHS[2] * BasicBlock.expansion, NUM_CLASSES)
+        # torchvision's initialisation
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    _make_layer = ResNet18._make_layer
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.fc(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------
 # Keras twins
 # --------------------------------------------------------------------------------------------
 def _keras():
@@ -484,17 +539,10 @@ def vgg_maxpool_keras(module: VGGMaxPool):
     return tw.build(inp, x, "vgg_maxpool")
 
 
-def resnet18_keras(module: ResNet18):
-    """Keras twin of a ResNet18 (its weights copied)."""
-    tw = _Twin(_keras())
-    L = tw.L
-    inp = _input(tw)
-    x = tw.conv(inp, module.conv1, "conv1")
-    x = tw.bn(x, module.bn1, "bn1")
-    x = tw.relu(x, "relu")
-    x = tw.maxpool(x, module.maxpool, "maxpool")
-    for s in range(1, 5):
-        for b, block in enumerate(getattr(module, f"layer{s}")):
+def _basic_blocks_keras(tw, x, layers):
+    """BasicBlocks of ``layers`` (torch Sequentials layer1, layer2, ...) as Keras layers with Add."""
+    for s, layer in enumerate(layers, start=1):
+        for b, block in enumerate(layer):
             p = f"layer{s}_{b}"
             identity = x
             out = tw.conv(x, block.conv1, p + "_conv1")
@@ -505,8 +553,21 @@ def resnet18_keras(module: ResNet18):
             if block.downsample is not None:
                 identity = tw.conv(x, block.downsample[0], p + "_downsample_conv")
                 identity = tw.bn(identity, block.downsample[1], p + "_downsample_bn")
-            out = L.Add(name=p + "_add")([out, identity])
+            out = tw.L.Add(name=p + "_add")([out, identity])
             x = tw.relu(out, p + "_relu2")
+    return x
+
+
+def resnet18_keras(module: ResNet18):
+    """Keras twin of a ResNet18 (its weights copied)."""
+    tw = _Twin(_keras())
+    L = tw.L
+    inp = _input(tw)
+    x = tw.conv(inp, module.conv1, "conv1")
+    x = tw.bn(x, module.bn1, "bn1")
+    x = tw.relu(x, "relu")
+    x = tw.maxpool(x, module.maxpool, "maxpool")
+    x = _basic_blocks_keras(tw, x, [module.layer1, module.layer2, module.layer3, module.layer4])
     x = L.GlobalAveragePooling2D(name="avgpool")(x)
     x = tw.dense(x, module.fc, "fc")
     return tw.build(inp, x, "resnet18")
@@ -582,17 +643,34 @@ def densenet_keras(module: DenseNetSmall):
     return tw.build(inp, x, "densenet")
 
 
+def resnet20_keras(module: ResNet20):
+    """Keras twin of a ResNet20 (its weights copied); stride-2 3x3 convs get ZeroPadding2D(1) +
+    'valid' (PyTorch pads them symmetrically), the 1x1 stride-2 shortcut convs are 'valid' as they
+    are in PyTorch (padding 0)."""
+    tw = _Twin(_keras())
+    L = tw.L
+    inp = _input(tw)
+    x = tw.conv(inp, module.conv1, "conv1")
+    x = tw.bn(x, module.bn1, "bn1")
+    x = tw.relu(x, "relu")
+    x = _basic_blocks_keras(tw, x, [module.layer1, module.layer2, module.layer3])
+    x = L.GlobalAveragePooling2D(name="avgpool")(x)
+    x = tw.dense(x, module.fc, "fc")
+    return tw.build(inp, x, "resnet20")
+
+
 # name -> (class, keras builder)
 NETS = {
     "vgg_maxpool": (VGGMaxPool, vgg_maxpool_keras),
     "resnet18": (ResNet18, resnet18_keras),
     "mobilenetv2": (MobileNetV2Small, mobilenetv2_keras),
     "densenet": (DenseNetSmall, densenet_keras),
+    "resnet20": (ResNet20, resnet20_keras),
 }
 
 
 def keras_twin(module):
-    """The Keras twin of any of the four zoo networks (dispatch on its class)."""
+    """The Keras twin of any of the zoo networks (dispatch on its class)."""
     for cls, builder in NETS.values():
         if type(module) is cls:
             return builder(module)

@@ -22,7 +22,7 @@ from spkeras.closed_form import closed_form  # noqa: E402
 from spkeras.ops import run_graph  # noqa: E402
 
 NETS = {"vgg_maxpool": "VGGMaxPool", "resnet18": "ResNet18", "mobilenetv2": "MobileNetV2Small",
-        "densenet": "DenseNetSmall"}
+        "densenet": "DenseNetSmall", "resnet20": "ResNet20"}
 FOLDER = ROOT / "models" / "zoo"
 
 
