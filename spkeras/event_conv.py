@@ -71,9 +71,10 @@ def _scatter_kernel(spikes, weights, bias, out, top, left, stride_y, stride_x, g
                             shifted_x = x + left - kx
                             if shifted_x < 0 or shifted_x % stride_x != 0 or shifted_x // stride_x >= out_w:
                                 continue
-                            target = total[shifted_y // stride_y, shifted_x // stride_x]
-                            weight = weights[kernel_channel, ky, kx]
-                            for o in range(first, first + per_group_out):
+                            # slices, so that o counts from 0: LLVM then knows o ≥ 0 and vectorises
+                            target = total[shifted_y // stride_y, shifted_x // stride_x, first : first + per_group_out]
+                            weight = weights[kernel_channel, ky, kx, first : first + per_group_out]
+                            for o in range(per_group_out):
                                 target[o] += value * weight[o]
         for o in range(outputs):
             for oy in range(out_h):

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from .encoding import make_encoder
 from .errors import ConfigError
-from . import if_kernel
 from .event_conv import EventConv, available as event_conv_available
 from .ir import Graph, Node, initial_potential
 from .metrics import flat_fan_outs, source_layers
@@ -267,9 +266,6 @@ class _Neurons:
         if self.buffer is None or self.buffer.shape[0] < steps:
             self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         out = self.buffer[:steps]
-        if if_kernel.usable(self.v, self.threshold) and drive.dtype == self.v.dtype:
-            if_kernel.integrate(self.v, drive, current.constant, out, self.threshold, self.subtract, self.fire)
-            return out
         for t in range(steps):
             self.v.add_(drive if current.constant else drive[t])
             if not self.fire:

@@ -665,31 +665,3 @@ def test_early_exit_refuses_what_it_cannot_report():
     with pytest.raises(Exception, match="early exit"):
         simulate(net, images, T, early_exit=0)
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("constant", [False, True])
-@pytest.mark.parametrize("reset,fire", [("subtract", True), ("zero", True), ("subtract", False)])
-def test_integrate_and_fire_kernel_equals_the_step_by_step_update(dtype, constant, reset, fire):
-    """The one-pass CPU kernel (spkeras/if_kernel.py) gives the potentials and spikes of Eq. 2–4
-    applied one step at a time with whole-tensor operations, bit for bit, including potentials
-    that land exactly on the threshold."""
-    from spkeras import if_kernel
-
-    assert if_kernel.usable(torch.zeros(2, dtype=dtype), 0.5)
-    generator = torch.Generator().manual_seed(3)
-    steps, shape, threshold = 9, (5, 3, 7, 11), 0.375
-    start = torch.randn(shape, generator=generator, dtype=dtype)
-    drive = torch.randn(shape if constant else (steps, *shape), generator=generator, dtype=dtype) * 0.3
-    drive.view(-1)[::7] = 0.125  # steps onto the threshold exactly (0.375 = 3 × 0.125)
-    expected_v, expected = start.clone(), torch.empty((steps, *shape), dtype=dtype)
-    for t in range(steps):
-        expected_v += drive if constant else drive[t]
-        if not fire:
-            expected[t] = expected_v
-            continue
-        expected[t] = (expected_v >= threshold).to(dtype)
-        expected_v = expected_v - expected[t] * threshold if reset == "subtract" else expected_v * (1 - expected[t])
-    v, out = start.clone(), torch.empty((steps, *shape), dtype=dtype)
-    if_kernel.integrate(v, drive, constant, out, threshold, reset == "subtract", fire)
-    assert torch.equal(out, expected) and torch.equal(v, expected_v)
-    assert fire is False or 0 < out.mean() < 1, "the case does not exercise both spikes and silence"
