@@ -1,7 +1,8 @@
 """The closed-form spike-count model (the paper's tool's estimate): one forward pass per t.
 
 It ignores *when* spikes arrive. With total input current Z over t steps, a neuron that
-resets by subtraction fires N = clip(⌊(V(0) + Z + t·b_TRE)/V_thr⌋, 0, t) times. This is exact
+resets by subtraction fires N = clip(⌊(V(0) + Z + t·b_TRE + Σ c(t))/V_thr⌋, 0, t) times (c: a per-step
+current correction, where calibrated). This is exact
 when no current is negative and none exceeds V_thr in one step; otherwise (and for reset to
 zero) it is an estimate, and every output produced by it is labelled ``count``.
 """
@@ -13,7 +14,7 @@ import time
 import torch
 
 from .encoding import make_encoder
-from .ir import Node, initial_potential
+from .ir import Node, charge_of_step_biases, initial_potential
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_stateless, run_graph
 from .progress import progress_bar
@@ -24,7 +25,7 @@ from .snn import SpikingNetwork
 def spike_count(node: Node, current: torch.Tensor, steps: int, fire: bool = True) -> torch.Tensor:
     """Closed-form spike count of a spike node after ``steps`` steps of total input ``current``."""
     a = node.attrs
-    potential = initial_potential(node) + current + steps * a["step_current"]
+    potential = initial_potential(node) + current + steps * a["step_current"] + charge_of_step_biases(node, steps)
     if not fire:
         return potential
     return torch.clamp(torch.floor(potential / a["threshold"]), 0, steps)

@@ -34,6 +34,7 @@ add                 –                                           coefficients (
 concat              –                                           coefficients (default all 1); joins its
                                                                 inputs along the channel axis
 spike               initial_potential (C, 1, 1) or (C) optional  threshold, reset, v_init, step_current
+                    step_bias (T, C, 1, 1) or (T, C) optional
 ==================  ==========================================  =========================================
 
 A global max pool is a ``maxpool`` whose kernel is the whole map, followed by ``flatten``.
@@ -172,6 +173,23 @@ def initial_potential(node: Node):
     ``initial_potential`` parameter (a float, or a tensor that broadcasts over the node's shape)."""
     v_init = float(node.attrs["v_init"])
     return v_init + node.params["initial_potential"] if "initial_potential" in node.params else v_init
+
+
+def step_biases(node: Node, first: int, steps: int) -> torch.Tensor | None:
+    """The per-step current correction of a spike node for steps first+1 … first+steps, shaped
+    (steps, 1, …) to broadcast over a batch; None without one. Its rows are the network's T steps;
+    a run longer than T repeats the last row (the correction the steady state needs)."""
+    if "step_bias" not in node.params:
+        return None
+    table = node.params["step_bias"]
+    rows = torch.arange(first, first + steps, device=table.device).clamp(max=table.shape[0] - 1)
+    return table[rows].unsqueeze(1)
+
+
+def charge_of_step_biases(node: Node, steps: int):
+    """Σ over the first ``steps`` steps of a spike node's per-step correction (0 without one)."""
+    biases = step_biases(node, 0, steps)
+    return 0.0 if biases is None else biases.sum(0)
 
 
 def feeding_layer(graph: Graph, spike: Node) -> Node:

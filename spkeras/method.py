@@ -85,6 +85,10 @@ class Method:
     rate_calibration: int = switch(0, "rounds of per-channel rate correction towards the rate model after T steps, "
                                       "layer by layer (0: off)", metavar="ROUNDS")
     rate_calibration_images: int = switch(256, "calibration images of the rate correction", metavar="N")
+    step_bias: bool = switch(
+        False, "per-step current correction: before rate calibration, each spiking layer gets, per channel and "
+               "step t, the gap between the rate model's mean input current and the mean it receives at step t "
+               "while the layers below fill (measured layer by layer on the rate-calibration images)")
     potential_share: float = switch(0.0, "share in [0, 1] of each rate correction given as initial membrane "
                                          "potential, the rest as bias", metavar="S")
 
@@ -120,12 +124,13 @@ class Method:
         TRE (η·V_thr/T per step, Eq. 9), a readout delay given as a fraction of T, and the
         calibrations that simulate T steps (rate correction, readout-delay choice)."""
         return (self.tre == "spread" or self.readout_delay_fraction > 0 or self.rate_calibration > 0
-                or self.delay_calibration_images > 0)
+                or self.delay_calibration_images > 0 or self.step_bias)
 
     @property
     def simulates_calibration(self) -> bool:
-        """Whether conversion simulates calibration images (Spike-Norm, rate or delay calibration)."""
-        return self.statistic == "spikenorm" or self.rate_calibration > 0 or self.delay_calibration_images > 0
+        """Whether conversion simulates calibration images (Spike-Norm, step-bias, rate or delay calibration)."""
+        return (self.statistic == "spikenorm" or self.rate_calibration > 0 or self.delay_calibration_images > 0
+                or self.step_bias)
 
     def preparation_key(self) -> dict:
         """The switches that the T-independent part of conversion (canonical graph and λ) depends on."""

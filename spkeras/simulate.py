@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .encoding import make_encoder
 from .errors import ConfigError
 from .event_conv import EventConv, available as event_conv_available
-from .ir import Graph, Node, initial_potential
+from .ir import Graph, Node, initial_potential, step_biases
 from .metrics import flat_fan_outs, source_layers
 from .ops import apply_stateless
 from .progress import progress_bar
@@ -95,8 +95,9 @@ class Recorder:
 
     Batches arrive in image order, each opened by ``begin_batch(graph, size)`` and closed by
     ``end_batch()``. Within a batch, for each chunk of steps:
-    ``current(name, value)`` gets the input current Z(t) of spike node ``name`` (Eq. 3, before
-    the TRE step current), ``(steps, B, …)`` or, the same at every step, ``(B, …)``;
+    ``current(name, value, steps)`` gets the input current Z(t) of spike node ``name`` for the
+    chunk's ``steps`` steps (Eq. 3, before the TRE step current and any per-step correction),
+    ``(steps, B, …)`` or, the same at every step, ``(B, …)``;
     ``spikes(name, per_step)`` gets its output spikes ``(steps, B, …)`` (not the potential of an
     output read without firing; the input's spikes too, unless it is an analog current; in a full
     simulation, the spikes each max-pool gate passes);
@@ -107,7 +108,7 @@ class Recorder:
     def begin_batch(self, graph: Graph, size: int) -> None:
         pass
 
-    def current(self, name: str, value: "_Value") -> None:
+    def current(self, name: str, value: "_Value", steps: int) -> None:
         pass
 
     def spikes(self, name: str, per_step: torch.Tensor) -> None:
@@ -151,7 +152,7 @@ class MaxCurrent(Recorder):
         self.name = name
         self.value = float("-inf")
 
-    def current(self, name: str, value: "_Value") -> None:
+    def current(self, name: str, value: "_Value", steps: int) -> None:
         if name == self.name:
             self.value = max(self.value, float(value.tensor.max()))
 
@@ -250,19 +251,26 @@ class _Neurons:
         self.fire = fire
         self.v = torch.zeros((batch, *node.shape), device=device, dtype=dtype)
         self.v += initial_potential(node)
+        self.node = node
+        self.done = 0  # steps run so far in this batch
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
 
     def run(self, current: _Value, steps: int, owned: bool = False) -> torch.Tensor:
         """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
         ``owned``: the current is used by nothing else and may be modified in place.
 
-        Each step is V ← V + (Z(t) + b_TRE), the TRE bias being part of the input current
-        (Eq. 9, added to Z before Z is added to V); Θ = [V ≥ V_thr] (Eq. 4); then
-        V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
+        Each step is V ← V + ((Z(t) + b_TRE) + c(t)), the TRE bias (Eq. 9) and a per-step
+        correction c(t), if calibrated, being part of the input current; Θ = [V ≥ V_thr] (Eq. 4);
+        then V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
         """
         drive = current.tensor
         if self.step_current:
             drive = drive.add_(self.step_current) if owned and not current.constant else drive + self.step_current
+        corrections = step_biases(self.node, self.done, steps)
+        self.done += steps
+        if corrections is not None:
+            drive = (drive.unsqueeze(0) if current.constant else drive) + corrections
+            current = _Value(drive, False)
         if self.buffer is None or self.buffer.shape[0] < steps:
             self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         out = self.buffer[:steps]
@@ -392,7 +400,7 @@ class BatchState:
     def fire(self, node: Node, neurons: "_Neurons", current: _Value, steps: int, recorders) -> _Value:
         """A spike node over this chunk; recorders see its input current first."""
         for recorder in recorders:
-            recorder.current(node.name, current)
+            recorder.current(node.name, current, steps)
         owned = self.consumers[node.inputs[0]] == 1 and node.inputs[0] not in self.layers
         return _Value(neurons.run(current, steps, owned), False)
 

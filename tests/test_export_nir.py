@@ -198,3 +198,20 @@ def test_asymmetric_padding_is_refused():
     net = convert(graph, helpers.images(graph, 10, dtype=torch.float32), get_method("ecc"), T)
     with pytest.raises(ModelError, match="asymmetric"):
         to_nir(net)
+
+
+def test_per_step_corrections_are_saved_and_refused_by_nir(tmp_path):
+    from spkeras.snn import load_snn
+
+    net = demo_net(method="ecc+", tre="spread", potential_share=0.0, step_bias=True, rate_calibration_images=32,
+                   delay_calibration_images=0)
+    corrections = {n.name: n.params["step_bias"] for n in net.spike_nodes}
+    assert all(c.shape[0] == T and c.abs().sum() > 0 for c in corrections.values())
+    with pytest.raises(ModelError, match="per-step current correction"):
+        to_nir(net)
+    save_snn(net, tmp_path / "corrected.snn")
+    loaded = load_snn(tmp_path / "corrected.snn")
+    for name, table in corrections.items():
+        assert torch.equal(loaded.graph.node(name).params["step_bias"], table)
+    images = checked_images(spkeras.api.as_dataset(asset("mnist_test.npz"), 20), net.cnn)
+    assert torch.equal(simulate(loaded, images, T).spikes, simulate(net, images, T).spikes)

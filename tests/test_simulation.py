@@ -19,11 +19,11 @@ from helpers import one_thread  # noqa: E402,F401  (autouse fixture)
 from spkeras.closed_form import closed_form  # noqa: E402
 from spkeras.encoding import bernoulli_uniforms  # noqa: E402
 from spkeras.errors import ConfigError  # noqa: E402
-from spkeras.ir import Graph, Node  # noqa: E402
+from spkeras.ir import Graph, Node, neurons  # noqa: E402
 from spkeras.methods import get_method  # noqa: E402
 from spkeras.methods.framework import convert  # noqa: E402
-from spkeras.ops import run_graph  # noqa: E402
-from spkeras.simulate import simulate  # noqa: E402
+from spkeras.ops import apply_stateless, run_graph  # noqa: E402
+from spkeras.simulate import RunOptions, simulate  # noqa: E402
 
 T = 20
 
@@ -196,6 +196,9 @@ def reference(net, images, timesteps, readout=None, seed=0, image_ids=None, scor
                 a = node.attrs
                 z = inputs[0]
                 step = z + a["step_current"] if a["step_current"] else z  # Z(t) with the TRE bias (Eq. 9)
+                if "step_bias" in node.params:  # a per-step correction; past its last row, the last one
+                    table = node.params["step_bias"]
+                    step = step + table[min(t, table.shape[0]) - 1]
                 v = potential[node.name] + step                         # Eq. 2: V(t) = V(t-1) + Z(t) …
                 low, high = charge[node.name]
                 charge[node.name] = [min(low, float(step.min())), max(high, float(step.max()))]
@@ -263,6 +266,7 @@ CONFIGS = [
     ("rueckauer2017", {"reset": "zero", "tre": "spread"}),
     ("rueckauer2017", {"encoding": "poisson", "spiking_pools": False, "tre": "initial"}),
     ("ecc+", {"potential_share": 0.5}),  # per-channel initial potentials and biases from rate calibration
+    ("ecc+", {"step_bias": True}),  # and a per-step, per-channel current correction
 ]
 # (chunk, batch size): chunks of 1, 3 and 8 steps (3 and 8 do not divide T = 20), and one chunk > T
 RUNS = [(1, 6), (3, 4), (8, 1), (8, 5), (50, 2)]
@@ -463,6 +467,60 @@ def test_per_channel_initial_potential_is_simulated_and_counted_in_closed_form()
     assert bool((simulated.spikes[-1] > before).any()), "the initial potentials changed nothing: the test is weak"
     record = closed_form(net, images, [40], batch_size=2)
     assert torch.equal(record.spikes[0], simulated.spikes[-1])
+
+
+def test_per_step_corrections_are_simulated_and_counted_in_closed_form():
+    """Per-step, per-channel current corrections c(t): the simulator adds row t at step t (the
+    last row at every step past the table), as the naive reference does, and the closed form
+    counts their sum; both agree spike for spike, over more steps than the table has rows."""
+    net = positive_net("chain", "ecc", tre="initial", encoding="analog")
+    images = helpers.images(net.cnn, 5, seed=5)
+    before = simulate(net, images, T + 10).spikes[-1]
+    for node in net.graph.nodes_of("spike"):
+        rows = torch.linspace(0.08, 0.0, T, dtype=torch.float64).view(-1, *[1] * len(node.shape))
+        channels = torch.linspace(0.2, 1.0, node.shape[0], dtype=torch.float64).view(-1, *[1] * (len(node.shape) - 1))
+        node.params["step_bias"] = rows * channels * node.attrs["threshold"] + 0.01 * node.attrs["threshold"]
+    predictions, per_step, counts, _ = reference(net, images, T + 10)
+    simulated = helpers.simulate_counting(net, images, T + 10, batch_size=3, chunk=6)
+    assert torch.equal(simulated.predictions, predictions)
+    assert torch.equal(simulated.spikes, per_step.cumsum(0))
+    assert bool((simulated.spikes[-1] > before).any()), "the corrections changed nothing: the test is weak"
+    record = closed_form(net, images, [T + 10], batch_size=2)
+    assert torch.equal(record.spikes[0], simulated.spikes[-1])
+
+
+def test_step_bias_calibration_brings_each_steps_mean_current_to_the_rate_model():
+    """After the step-bias calibration (no rate rounds), the mean input current of every spike
+    node at every step, measured by a full simulation of the calibration images, plus its
+    correction for that step, equals the rate model's mean current clip-propagated from the input
+    (computed here by its own forward pass), per channel."""
+    from spkeras.methods.rate_calibration import StepCurrents
+
+    cnn = build("residual", torch.float64)
+    calibration = helpers.images(cnn, 24, seed=11)
+    method = get_method("ecc+", rate_calibration=0, step_bias=True, delay_calibration_images=0,
+                        rate_calibration_images=24)
+    net = convert(cnn, calibration, method, T)
+    expected = {}
+
+    def apply(node, inputs):
+        if node.op != "spike":
+            return apply_stateless(node, inputs)
+        z = inputs[0].double()
+        expected[node.name] = z.mean(dim=(0, 2, 3) if z.dim() == 4 else 0)
+        return torch.clamp(inputs[0] / node.attrs["threshold"], 0, 1)
+
+    run_graph(net.graph, calibration, apply=apply)
+    nodes = net.spike_nodes
+    recorders = [StepCurrents(n.name, T) for n in nodes]
+    simulate(net, calibration, RunOptions(timesteps=T, batch_size=10, chunk=7), recorders)
+    for node, measured in zip(nodes, recorders):
+        positions = measured.images * (neurons(node) // node.shape[0])
+        correction = node.params["step_bias"].reshape(T, -1)
+        reached = torch.from_numpy(measured.sums / positions) + correction
+        assert torch.allclose(reached, expected[node.name].expand(T, -1), atol=1e-9), node.name
+    deepest = nodes[-2].params["step_bias"].reshape(T, -1).abs().sum(1)
+    assert deepest[0] > deepest[-1] > 0, "the layers below fill over time: the first step needs the most"
 
 
 def test_closed_form_and_simulation_fire_at_most_once_per_step():

@@ -130,6 +130,10 @@ class _Exporter:
         """IR node → TRE current per step of the neuron it feeds (to join that node's bias)."""
         pending = {}
         for spike in self.graph.nodes_of("spike"):
+            if "step_bias" in spike.params:
+                raise ModelError(
+                    f"{spike.source or spike.name}: a per-step current correction (step bias) cannot be expressed "
+                    "in NIR, whose biases are constant; convert with --step-bias off")
             if "initial_potential" in spike.params:
                 raise ModelError(
                     f"{spike.source or spike.name}: per-channel initial potentials from rate calibration cannot be "

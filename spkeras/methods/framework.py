@@ -115,7 +115,7 @@ class PreparedConversion:
         net = build(self.graph, self.lambdas, method, timesteps, self.reference)
         if method.statistic == "spikenorm":
             net = spike_norm(self.graph, net, self.calibration[: method.spikenorm_images], self.device)
-        if method.rate_calibration:
+        if method.rate_calibration or method.step_bias:
             net = calibrate_rates(net, self.calibration[: method.rate_calibration_images], method.rate_calibration,
                                   self.device)
         if method.delay_calibration_images:

@@ -11,17 +11,25 @@ arrives before the layers below have filled, which is when the simulation falls 
 Layers are corrected in order, each ``iterations`` times, each from a simulation of the layers
 up to the one being corrected (bias and potential correction in the spirit of Li et al. 2021, "A free lunch
 from ANN: towards efficient, accurate spiking neural networks calibration").
+
+With the method's ``step_bias``, each spike node n first gets a per-step correction of its input
+current: while the layers below fill, the current Z_c(t) into channel c falls short of the rate
+model's z*_c = mean(W·r*_{n−1} + b)_c, so c_c(t) = z*_c − mean(Z_c(t)) (means over images and
+positions) is added at step t. The current into n depends only on the layers below, which are
+final, so one simulation measures it exactly (a forward temporal bias correction in the spirit of
+FTBC, 2024). The rate correction then runs on top of it.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ..ir import Node, feeding_layer
+from ..ir import Node, feeding_layer, neurons
 from ..layerwise import LayerWalk
 from ..ops import apply_stateless, run_graph
 from ..progress import announce
-from ..simulate import NeuronCounts, RunOptions
+from ..simulate import NeuronCounts, Recorder, RunOptions
 from ..snn import SpikingNetwork
 
 
@@ -32,22 +40,50 @@ def channel_means(value: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array.mean(axis=(0, 2, 3) if array.ndim == 4 else 0))
 
 
-def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel mean rate r* = clip(Z/V_thr, 0, 1) of every spike node, input rate = pixel value."""
-    means = {}
+def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> tuple[dict, dict]:
+    """Per-channel means, for every spike node, of its rate r* = clip(Z/V_thr, 0, 1) and of its
+    input current Z under the rate model (input rate = pixel value)."""
+    rates, currents = {}, {}
 
     def apply(node: Node, inputs):
         if node.op == "spike":
+            currents[node.name] = channel_means(inputs[0])
             return torch.clamp(inputs[0] / node.attrs["threshold"], 0, 1)
         return apply_stateless(node, inputs)
 
     def observe(node, value):
         if node.op == "spike":
-            means[node.name] = channel_means(value)
+            rates[node.name] = channel_means(value)
 
     with torch.no_grad():
         run_graph(net.graph, images, apply=apply, observe=observe)
-    return means
+    return rates, currents
+
+
+class StepCurrents(Recorder):
+    """Per-channel sums, over images and positions, of spike node ``name``'s input current at each
+    step: ``sums`` (T, C) in float64 (numpy's fixed summation order), over ``images`` images."""
+
+    def __init__(self, name: str, steps: int):
+        self.name = name
+        self.sums: np.ndarray | None = None
+        self.steps = steps
+        self.images = 0
+        self.done = 0
+
+    def begin_batch(self, graph, size: int) -> None:
+        self.done = 0
+        self.images += size
+
+    def current(self, name: str, value, steps: int) -> None:
+        if name != self.name:
+            return
+        array = value.per_step(steps).detach().cpu().double().numpy()
+        per_step = array.sum(axis=(1, 3, 4) if array.ndim == 5 else 1)
+        if self.sums is None:
+            self.sums = np.zeros((self.steps, per_step.shape[1]))
+        self.sums[self.done : self.done + steps] += per_step
+        self.done += steps
 
 
 def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
@@ -58,13 +94,15 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     round from the kept spike trains of the (already corrected) layers below, then once more to
     keep its own (what a simulation of the network cut after that layer gives).
     """
-    targets = rate_model_means(net, images)
+    targets, target_currents = rate_model_means(net, images)
     steps = net.timesteps
     walk = LayerWalk(net, images, RunOptions(timesteps=steps, readout="spikes", device=device))
     spikes = net.spike_nodes
     for index, node in enumerate(spikes, start=1):
         announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
-        if correctable(net, node):
+        if net.method.step_bias:
+            add_step_bias(net, node, walk, target_currents[node.name])
+        if correctable(net, node) and iterations:
             for _ in range(iterations):
                 counts = NeuronCounts([node.name])
                 walk.run(net, node.name, [counts])
@@ -72,6 +110,17 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
         if walk.needed(node.name):
             walk.run(net, node.name, keep=True)
     return net
+
+
+def add_step_bias(net: SpikingNetwork, node: Node, walk: LayerWalk, target: torch.Tensor) -> None:
+    """Set spike node ``node``'s per-step correction c_c(t) = z*_c − mean Z_c(t) (module docstring)
+    from one simulation of it over the walk's images."""
+    measured = StepCurrents(node.name, net.timesteps)
+    walk.run(net, node.name, [measured])
+    positions = neurons(node) // target.numel()
+    mean = torch.from_numpy(measured.sums / (measured.images * positions))
+    gap = (target.unsqueeze(0) - mean).to(net.graph.dtype)
+    node.params["step_bias"] = gap.view(gap.shape + (1,) * (len(node.shape) - 1))
 
 
 def correctable(net: SpikingNetwork, node: Node) -> bool:
