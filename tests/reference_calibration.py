@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 
 from spkeras.methods.framework import build, prepare
-from spkeras.methods.rate_calibration import channel_means, correct, correctable, rate_model_means
+from spkeras.methods.rate_calibration import (StepCurrents, channel_means, correct, correctable, rate_model_means,
+                                              set_step_bias)
 from spkeras.methods.readout_calibration import calibrate_readout_delay
 from spkeras.simulate import MaxCurrent, NeuronCounts, RunOptions, simulate
 from spkeras.snn import SpikingNetwork
@@ -22,9 +23,15 @@ def prefix(net: SpikingNetwork, name: str) -> SpikingNetwork:
 
 def calibrate_rates_by_prefixes(net: SpikingNetwork, images: torch.Tensor, iterations: int,
                                 device: str = "cpu") -> SpikingNetwork:
-    """Rate calibration, each layer measured by simulating the prefix up to it from the input."""
-    targets = rate_model_means(net, images)
+    """Step-bias and rate calibration, each layer measured by simulating the prefix up to it from
+    the input."""
+    targets, target_currents = rate_model_means(net, images)
+    options = RunOptions(timesteps=net.timesteps, readout="spikes", device=device)
     for node in net.spike_nodes:
+        if net.method.step_bias:
+            measured = StepCurrents(node.name, net.timesteps)
+            simulate(prefix(net, node.name), images, options, [measured])
+            set_step_bias(node, measured, target_currents[node.name], net.graph.dtype)
         for _ in range(iterations if correctable(net, node) else 0):
             counts = NeuronCounts([node.name])
             simulate(prefix(net, node.name), images, RunOptions(timesteps=net.timesteps, readout="spikes", device=device),
@@ -51,7 +58,7 @@ def convert_by_full_runs(cnn, calibration: torch.Tensor, method, timesteps: int,
     net = build(prepared.graph, prepared.lambdas, method, timesteps, prepared.reference)
     if method.statistic == "spikenorm":
         net = spike_norm_by_full_runs(prepared.graph, net, calibration[: method.spikenorm_images], device)
-    if method.rate_calibration:
+    if method.rate_calibration or method.step_bias:
         net = calibrate_rates_by_prefixes(net, calibration[: method.rate_calibration_images], method.rate_calibration,
                                           device)
     if method.delay_calibration_images:

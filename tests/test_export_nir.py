@@ -180,7 +180,7 @@ def test_initial_potential_is_refused_and_nothing_is_written(tmp_path, capsys):
 def test_calibrated_initial_potentials_are_saved_and_refused_by_nir(tmp_path):
     from spkeras.snn import load_snn
 
-    net = demo_net(method="ecc+", tre="spread", potential_share=1.0, rate_calibration_images=32)
+    net = demo_net(method="ecc+", tre="spread", potential_share=1.0, rate_calibration_images=32, step_bias=False)
     calibrated = {n.name: n.params["initial_potential"] for n in net.spike_nodes if "initial_potential" in n.params}
     assert calibrated and all(n.attrs["v_init"] == 0.0 for n in net.spike_nodes)
     with pytest.raises(ModelError, match="per-channel initial potentials"):

@@ -359,7 +359,7 @@ def test_ecc_plus_is_ecc_with_the_low_latency_switches():
     ecc, plus = get_method("ecc"), get_method("ecc+")
     changed = {k for k, v in plus.to_dict().items() if v != ecc.to_dict()[k]}
     assert changed == {"name", "citation", "tre", "spiking_pools", "readout", "delay_calibration_images",
-                       "rate_calibration", "rate_calibration_images", "potential_share"}
+                       "step_bias", "rate_calibration", "rate_calibration_images", "potential_share"}
     assert plus.tre == "initial" and not plus.spiking_pools and plus.readout == "potential"
 
 
@@ -412,7 +412,7 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
 
     cnn, calib = chain_and_images()
     timesteps = 16
-    plain = convert(cnn, calib, get_method("ecc+", rate_calibration=0), timesteps)
+    plain = convert(cnn, calib, get_method("ecc+", rate_calibration=0, step_bias=False), timesteps)
     tuned = convert(cnn, calib, get_method("ecc+"), timesteps)
     assert tuned.method.readout_delay == int(timesteps * tuned.method.readout_delay_fraction)
     explicit = get_method("ecc+", readout_delay=0)
@@ -423,7 +423,7 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     with pytest.raises(ConfigError, match="not both"):
         get_method("ecc+", readout_delay=2, readout_delay_fraction=0.5)
     images = calib[: tuned.method.rate_calibration_images]
-    targets = rate_model_means(plain, images)
+    targets, _ = rate_model_means(plain, images)
 
     def rate_error(net):
         counts = helpers.simulate_counting(net, images, timesteps).neuron_counts

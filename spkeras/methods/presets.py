@@ -67,8 +67,10 @@ CAO2015 = Method(
 
 # ECC tuned for time-stepped simulation at low T (docs/low-latency.md): the same CN, CMB and λ,
 # with TRE given at once as V(0) = η·V_thr, average pools folded into the next layer's synapses
-# (no spiking neurons after them), one round of per-channel rate correction towards the rate
-# model on 128 calibration images, half as bias and half as initial potential, and the output
+# (no spiking neurons after them), a per-step, per-channel correction of each layer's input current
+# towards the rate model's while the layers below fill, one round of per-channel rate correction
+# towards the rate model, both on 128 calibration images, half as bias and half as initial
+# potential, and the output
 # read from its membrane potential accumulated after a delay chosen on 256 calibration images
 # (5T/8-7T/8 for VGG-16 at T = 32-128).
 ECC_PLUS = ECC.with_options(
@@ -78,6 +80,7 @@ ECC_PLUS = ECC.with_options(
     spiking_pools=False,
     readout="potential",
     delay_calibration_images=256,
+    step_bias=True,
     rate_calibration=1,
     rate_calibration_images=128,
     potential_share=0.5,

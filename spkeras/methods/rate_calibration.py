@@ -101,7 +101,9 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     for index, node in enumerate(spikes, start=1):
         announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
         if net.method.step_bias:
-            add_step_bias(net, node, walk, target_currents[node.name])
+            measured = StepCurrents(node.name, steps)
+            walk.run(net, node.name, [measured])
+            set_step_bias(node, measured, target_currents[node.name], net.graph.dtype)
         if correctable(net, node) and iterations:
             for _ in range(iterations):
                 counts = NeuronCounts([node.name])
@@ -112,14 +114,12 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     return net
 
 
-def add_step_bias(net: SpikingNetwork, node: Node, walk: LayerWalk, target: torch.Tensor) -> None:
+def set_step_bias(node: Node, measured: StepCurrents, target: torch.Tensor, dtype: torch.dtype) -> None:
     """Set spike node ``node``'s per-step correction c_c(t) = z*_c − mean Z_c(t) (module docstring)
-    from one simulation of it over the walk's images."""
-    measured = StepCurrents(node.name, net.timesteps)
-    walk.run(net, node.name, [measured])
+    from its currents ``measured`` over the calibration images."""
     positions = neurons(node) // target.numel()
     mean = torch.from_numpy(measured.sums / (measured.images * positions))
-    gap = (target.unsqueeze(0) - mean).to(net.graph.dtype)
+    gap = (target.unsqueeze(0) - mean).to(dtype)
     node.params["step_bias"] = gap.view(gap.shape + (1,) * (len(node.shape) - 1))
 
 
