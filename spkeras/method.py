@@ -89,6 +89,9 @@ class Method:
         False, "per-step current correction: before rate calibration, each spiking layer gets, per channel and "
                "step t, the gap between the rate model's mean input current and the mean it receives at step t "
                "while the layers below fill (measured layer by layer on the rate-calibration images)")
+    per_step_rates: bool = switch(
+        False, "give the rate correction not spread evenly over the T steps (bias) but step by step, where the "
+               "rate fell short: at step t the gap between the rate model and the layer's mean rate at t")
     potential_share: float = switch(0.0, "share in [0, 1] of each rate correction given as initial membrane "
                                          "potential, the rest as bias", metavar="S")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from spkeras.methods.framework import build, prepare
-from spkeras.methods.rate_calibration import (StepCurrents, channel_means, correct, correctable, rate_model_means,
+from spkeras.methods.rate_calibration import (StepSums, channel_means, correct, correctable, rate_model_means,
                                               set_step_bias)
 from spkeras.methods.readout_calibration import calibrate_readout_delay
 from spkeras.simulate import MaxCurrent, NeuronCounts, RunOptions, simulate
@@ -29,14 +29,15 @@ def calibrate_rates_by_prefixes(net: SpikingNetwork, images: torch.Tensor, itera
     options = RunOptions(timesteps=net.timesteps, readout="spikes", device=device)
     for node in net.spike_nodes:
         if net.method.step_bias:
-            measured = StepCurrents(node.name, net.timesteps)
+            measured = StepSums(node.name, net.timesteps)
             simulate(prefix(net, node.name), images, options, [measured])
-            set_step_bias(node, measured, target_currents[node.name], net.graph.dtype)
+            set_step_bias(node, measured.means(), target_currents[node.name], net.graph.dtype)
         for _ in range(iterations if correctable(net, node) else 0):
-            counts = NeuronCounts([node.name])
-            simulate(prefix(net, node.name), images, RunOptions(timesteps=net.timesteps, readout="spikes", device=device),
-                     [counts])
-            correct(net, node, targets[node.name], channel_means(counts.totals[node.name]) / net.timesteps)
+            rates, counts = StepSums(node.name, net.timesteps, of="spikes"), NeuronCounts([node.name])
+            simulate(prefix(net, node.name), images, options, [rates, counts])
+            # the mean rate as the earlier procedure computed it, from per-neuron counts: the same bits
+            assert torch.equal(rates.total_means(), channel_means(counts.totals[node.name]))
+            correct(net, node, targets[node.name], rates)
     return net
 
 

@@ -50,6 +50,7 @@ NETWORKS = small_networks()
 CALIBRATED = {
     "ecc+": {},
     "ecc+ without step bias": dict(step_bias=False),
+    "ecc+ with per-step rate correction": dict(per_step_rates=True),
     "ecc+, 2 rounds, all bias, spiking pools": dict(rate_calibration=2, potential_share=0.0, spiking_pools=True),
     "ecc, rates, poisson input": dict(rate_calibration=1, rate_calibration_images=120, encoding="poisson"),
     "spikenorm": {},

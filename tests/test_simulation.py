@@ -267,6 +267,7 @@ CONFIGS = [
     ("rueckauer2017", {"encoding": "poisson", "spiking_pools": False, "tre": "initial"}),
     ("ecc+", {"potential_share": 0.5}),  # per-channel initial potentials and biases from rate calibration
     ("ecc+", {"step_bias": True}),  # and a per-step, per-channel current correction
+    ("ecc+", {"per_step_rates": True}),  # with the rate correction given step by step too
 ]
 # (chunk, batch size): chunks of 1, 3 and 8 steps (3 and 8 do not divide T = 20), and one chunk > T
 RUNS = [(1, 6), (3, 4), (8, 1), (8, 5), (50, 2)]
@@ -494,7 +495,7 @@ def test_step_bias_calibration_brings_each_steps_mean_current_to_the_rate_model(
     node at every step, measured by a full simulation of the calibration images, plus its
     correction for that step, equals the rate model's mean current clip-propagated from the input
     (computed here by its own forward pass), per channel."""
-    from spkeras.methods.rate_calibration import StepCurrents
+    from spkeras.methods.rate_calibration import StepSums
 
     cnn = build("residual", torch.float64)
     calibration = helpers.images(cnn, 24, seed=11)
@@ -512,7 +513,7 @@ def test_step_bias_calibration_brings_each_steps_mean_current_to_the_rate_model(
 
     run_graph(net.graph, calibration, apply=apply)
     nodes = net.spike_nodes
-    recorders = [StepCurrents(n.name, T) for n in nodes]
+    recorders = [StepSums(n.name, T) for n in nodes]
     simulate(net, calibration, RunOptions(timesteps=T, batch_size=10, chunk=7), recorders)
     for node, measured in zip(nodes, recorders):
         positions = measured.images * (neurons(node) // node.shape[0])

@@ -29,7 +29,7 @@ from ..ir import Node, feeding_layer, neurons
 from ..layerwise import LayerWalk
 from ..ops import apply_stateless, run_graph
 from ..progress import announce
-from ..simulate import NeuronCounts, Recorder, RunOptions
+from ..simulate import Recorder, RunOptions
 from ..snn import SpikingNetwork
 
 
@@ -60,30 +60,49 @@ def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> tuple[dict, d
     return rates, currents
 
 
-class StepCurrents(Recorder):
-    """Per-channel sums, over images and positions, of spike node ``name``'s input current at each
-    step: ``sums`` (T, C) in float64 (numpy's fixed summation order), over ``images`` images."""
+class StepSums(Recorder):
+    """Per-channel sums, over images and positions, of spike node ``name``'s input current
+    (``of="current"``) or output spikes (``of="spikes"``) at each step: ``sums`` (T, C) in float64
+    (numpy's fixed summation order), over ``images`` images; ``means()`` per image and position."""
 
-    def __init__(self, name: str, steps: int):
-        self.name = name
+    def __init__(self, name: str, steps: int, of: str = "current"):
+        self.name, self.of = name, of
         self.sums: np.ndarray | None = None
         self.steps = steps
         self.images = 0
         self.done = 0
+        self.positions = 1
 
     def begin_batch(self, graph, size: int) -> None:
         self.done = 0
         self.images += size
+        node = graph.node(self.name)
+        self.positions = neurons(node) // node.shape[0]
 
     def current(self, name: str, value, steps: int) -> None:
-        if name != self.name:
-            return
-        array = value.per_step(steps).detach().cpu().double().numpy()
-        per_step = array.sum(axis=(1, 3, 4) if array.ndim == 5 else 1)
+        if name == self.name and self.of == "current":
+            self._add(value.per_step(steps))
+
+    def spikes(self, name: str, per_step: torch.Tensor) -> None:
+        if name == self.name and self.of == "spikes":
+            self._add(per_step)
+
+    def _add(self, per_step: torch.Tensor) -> None:
+        array = per_step.detach().cpu().double().numpy()
+        sums = array.sum(axis=(1, 3, 4) if array.ndim == 5 else 1)
         if self.sums is None:
-            self.sums = np.zeros((self.steps, per_step.shape[1]))
-        self.sums[self.done : self.done + steps] += per_step
-        self.done += steps
+            self.sums = np.zeros((self.steps, sums.shape[1]))
+        self.sums[self.done : self.done + sums.shape[0]] += sums
+        self.done += sums.shape[0]
+
+    def means(self) -> torch.Tensor:
+        """(T, C): the mean over images and positions at each step."""
+        return torch.from_numpy(self.sums / (self.images * self.positions))
+
+    def total_means(self) -> torch.Tensor:
+        """(C,): the mean over images and positions of the sum over steps (for spikes: exact
+        integer sums, so this equals the channel means of per-neuron counts bit for bit)."""
+        return torch.from_numpy(self.sums.sum(0) / (self.images * self.positions))
 
 
 def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
@@ -101,25 +120,23 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     for index, node in enumerate(spikes, start=1):
         announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
         if net.method.step_bias:
-            measured = StepCurrents(node.name, steps)
+            measured = StepSums(node.name, steps)
             walk.run(net, node.name, [measured])
-            set_step_bias(node, measured, target_currents[node.name], net.graph.dtype)
+            set_step_bias(node, measured.means(), target_currents[node.name], net.graph.dtype)
         if correctable(net, node) and iterations:
             for _ in range(iterations):
-                counts = NeuronCounts([node.name])
-                walk.run(net, node.name, [counts])
-                correct(net, node, targets[node.name], channel_means(counts.totals[node.name]) / steps)
+                rates = StepSums(node.name, steps, of="spikes")
+                walk.run(net, node.name, [rates])
+                correct(net, node, targets[node.name], rates)
         if walk.needed(node.name):
             walk.run(net, node.name, keep=True)
     return net
 
 
-def set_step_bias(node: Node, measured: StepCurrents, target: torch.Tensor, dtype: torch.dtype) -> None:
+def set_step_bias(node: Node, measured: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> None:
     """Set spike node ``node``'s per-step correction c_c(t) = z*_c − mean Z_c(t) (module docstring)
-    from its currents ``measured`` over the calibration images."""
-    positions = neurons(node) // target.numel()
-    mean = torch.from_numpy(measured.sums / (measured.images * positions))
-    gap = (target.unsqueeze(0) - mean).to(dtype)
+    from its mean currents ``measured`` (T, C) over the calibration images."""
+    gap = (target.unsqueeze(0) - measured).to(dtype)
     node.params["step_bias"] = gap.view(gap.shape + (1,) * (len(node.shape) - 1))
 
 
@@ -132,16 +149,28 @@ def correctable(net: SpikingNetwork, node: Node) -> bool:
             and not (node.name == net.graph.output and net.method.readout == "potential"))
 
 
-def correct(net: SpikingNetwork, node: Node, target: torch.Tensor, simulated: torch.Tensor) -> None:
-    """Add the error e_c = (target − simulated rate)·V_thr back to spike node ``node``: the share s
-    as initial potential s·T·e_c, the rest as bias (1 − s)·e_c on the layer feeding it."""
+def correct(net: SpikingNetwork, node: Node, target: torch.Tensor, rates: StepSums) -> None:
+    """Add the error e_c = (target − simulated rate)·V_thr back to spike node ``node``, from its
+    spikes per step ``rates``: the share s as initial potential s·T·e_c, the rest as bias
+    (1 − s)·e_c on the layer feeding it or, with the method's ``per_step_rates``, as the per-step
+    correction (1 − s)·e_c(t), e_c(t) = (target − mean rate at step t)·V_thr."""
     layer = feeding_layer(net.graph, node)
     share, steps = net.method.potential_share, net.timesteps
-    error = ((target - simulated) * node.attrs["threshold"]).to(layer.params["weight"].dtype)
+    dtype = layer.params["weight"].dtype
+    error = ((target - rates.total_means() / steps) * node.attrs["threshold"]).to(dtype)
     if share:
         add_initial_potential(node, share * steps * error)
-    if share < 1:
+    if share < 1 and net.method.per_step_rates:
+        add_step_bias(node, ((1 - share) * (target.unsqueeze(0) - rates.means()) * node.attrs["threshold"]).to(dtype))
+    elif share < 1:
         add_bias(layer, (1 - share) * error)
+
+
+def add_step_bias(node: Node, per_step: torch.Tensor) -> None:
+    """Add a per-step, per-channel current (T, C) to the spike node's ``step_bias``."""
+    added = per_step.view(per_step.shape + (1,) * (len(node.shape) - 1))
+    current = node.params.get("step_bias")
+    node.params["step_bias"] = added if current is None else current + added
 
 
 def add_initial_potential(node: Node, per_channel: torch.Tensor) -> None:
