@@ -100,6 +100,9 @@ class Method:
             allowed = field.metadata.get("choices")
             if allowed and getattr(self, field.name) not in allowed:
                 raise ConfigError(f"{field.name} must be one of {', '.join(allowed)}; got {getattr(self, field.name)!r}")
+            if isinstance(field.default, bool) and not isinstance(getattr(self, field.name), bool):
+                # a string such as "False" would otherwise switch the option on
+                raise ConfigError(f"{field.name} is on or off: give True or False, got {getattr(self, field.name)!r}")
         if not 0 <= self.eta < 1:
             raise ConfigError(f"eta must be in [0, 1), got {self.eta}")
         if self.bits is not None and not 2 <= self.bits <= 32:

@@ -5,6 +5,7 @@ Networks come from ``tests/helpers.py`` (float64 unless a test says otherwise). 
 against activations computed here, from the folded CNN, independently of the converter.
 """
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from spkeras.options import method_overrides  # noqa: E402
 from spkeras.encoding import make_encoder  # noqa: E402
 from spkeras.errors import ConfigError  # noqa: E402
 from spkeras.ir import Node  # noqa: E402
+from spkeras.method import Method  # noqa: E402
 from spkeras.methods import PRESETS, get_method  # noqa: E402
 from spkeras.methods.framework import convert  # noqa: E402
 from spkeras.ops import run_graph  # noqa: E402
@@ -434,3 +436,15 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     by_potential = convert(cnn, calib, get_method("ecc+", potential_share=1.0, rate_calibration=2), timesteps)
     assert all("initial_potential" in n.params for n in by_potential.spike_nodes if n.name != by_potential.graph.output)
     assert rate_error(by_potential) < rate_error(plain)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Method) if isinstance(f.default, bool)])
+def test_on_off_switches_refuse_anything_but_a_bool(field):
+    """An on/off switch given a string ("False", "off") or a number is refused in one line rather
+    than read as true."""
+    from spkeras.methods import get_method
+
+    for value in ("False", "off", 0):
+        with pytest.raises(ConfigError, match=f"{field} is on or off"):
+            get_method("ecc", **{field: value})
+    assert getattr(get_method("ecc", **{field: False}), field) is False
