@@ -70,9 +70,8 @@ CAO2015 = Method(
 # (no spiking neurons after them), a per-step, per-channel correction of each layer's input current
 # towards the rate model's while the layers below fill, one round of per-channel rate correction
 # towards the rate model, both on 128 calibration images, half as bias and half as initial
-# potential, and the output
-# read from its membrane potential accumulated after a delay chosen on 256 calibration images
-# (5T/8-7T/8 for VGG-16 at T = 32-128).
+# potential, and the output read from its membrane potential accumulated after a delay chosen on
+# 256 calibration images.
 ECC_PLUS = ECC.with_options(
     name="ecc+",
     citation="ECC (Wu, Yi & Huang) with low-latency switches chosen on held-out calibration images",
