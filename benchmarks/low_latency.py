@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from networks import label, parse  # noqa: E402  (benchmarks/networks.py: "ecc+ maxpool=gate" → preset, switches)
+from networks import device_label, label, parse, read_rows  # noqa: E402  (benchmarks/networks.py)
 from spkeras import api  # noqa: E402
 from spkeras.atomic import write_json  # noqa: E402
 from spkeras.evaluation import checked_images, cnn_predictions  # noqa: E402
@@ -120,7 +119,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the tables of --out and exit")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows = read_rows(out)
     if args.markdown:
         print(markdown(rows))
         return
@@ -128,8 +127,7 @@ def main() -> None:
     timesteps = [int(t) for t in args.timesteps.split(",")]
     first = HELD_OUT_FIRST if args.images == "heldout" else 0
     archive = "cifar10_train_10k" if args.images == "heldout" else "cifar10_test"
-    base = {"n": args.n, "images": f"{archive} {first}-{first + args.n - 1}",
-            "device": f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"}
+    base = {"n": args.n, "images": f"{archive} {first}-{first + args.n - 1}", "device": device_label()}
     for net_name in args.nets.split(","):
         graph = MODELS[net_name]()
         images, labels, calibration = image_set(args.images, args.n, graph)

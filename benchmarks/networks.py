@@ -47,6 +47,15 @@ READ_AT = (32, 64, 128, 256)  # where a T-independent network's one run is also 
 RESULTS = ROOT / "benchmarks" / "results" / "networks_cpu.json"
 
 
+def read_rows(path: Path) -> list:
+    """The rows of a results file (none if it does not exist yet: a run resumes from them)."""
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def device_label() -> str:
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def label(method: str, switches: dict) -> str:
     return method + "".join(f" {k}={v}" for k, v in switches.items())
 
@@ -130,14 +139,13 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the tables of --out and exit")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = json.loads(out.read_text())["rows"] if out.exists() else []
+    rows = read_rows(out)
     if args.markdown:
         print(markdown(rows))
         return
     set_quiet(True)
     timesteps = [int(t) for t in args.timesteps.split(",")]
-    base = {"n": args.n, "device": f"cpu ({platform.processor() or platform.machine()}, "
-                                   f"{torch.get_num_threads()} threads)", "images": f"cifar10_test 0-{args.n - 1}"}
+    base = {"n": args.n, "device": device_label(), "images": f"cifar10_test 0-{args.n - 1}"}
     for net_name in args.nets.split(","):
         if args.pooling_only and net_name not in HAS_MAX_POOLING:
             continue

@@ -7,32 +7,21 @@ similarity of the window's rates to the CNN logits) for both sets.
     python benchmarks/readout_windows.py vgg16 32,64 '{"per_step_rates": true}'
 """
 
+import argparse
 import json
-import sys
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from spkeras import api
-from spkeras.evaluation import checked_images, cnn_predictions
+from low_latency import MODELS, image_set  # benchmarks/low_latency.py: the networks and image sets
+from spkeras.evaluation import cnn_predictions
 from spkeras.methods import get_method
 from spkeras.methods.framework import prepare
 from spkeras.ops import run_graph
 from spkeras.progress import set_quiet
 from spkeras.simulate import OutputScores, RunOptions, simulate
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875)
-
-
-def load(name: str):
-    if name == "vgg16":
-        return api.load_model(str(SHARED / "models" / "vgg16_cifar10.keras"))
-    sys.path.insert(0, str(ROOT / "scripts"))
-    return api.load_model(str(ROOT / "models" / "zoo" / "resnet20.pt"), input_shape=(3, 32, 32),
-                          torch_class="zoo:ResNet20")
+HELD_OUT = 300
 
 
 def window_scores(net, images, steps: int) -> dict:
@@ -56,13 +45,16 @@ def window_scores(net, images, steps: int) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("net", choices=sorted(MODELS))
+    parser.add_argument("timesteps", help="comma-separated T, e.g. 32,64")
+    parser.add_argument("switches", nargs="?", default="{}", help="ecc+ switches as JSON, e.g. '{\"per_step_rates\": true}'")
+    args = parser.parse_args()
     set_quiet(True)
-    name, timesteps = sys.argv[1], [int(t) for t in sys.argv[2].split(",")]
-    switches = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    cnn = load(name)
-    train = np.load(SHARED / "data" / "cifar10_train_10k.npz")
-    calibration = checked_images(api.as_dataset((train["x"][:2000], train["y"][:2000])), cnn)
-    held = checked_images(api.as_dataset((train["x"][9000:9300], train["y"][9000:9300])), cnn)
+    name, timesteps = args.net, [int(t) for t in args.timesteps.split(",")]
+    switches = json.loads(args.switches)
+    cnn = MODELS[name]()
+    held, _, calibration = image_set("heldout", HELD_OUT, cnn)
     prepared = prepare(cnn, calibration, get_method("ecc+", **switches))
     for steps in timesteps:
         net = prepared.network(steps)

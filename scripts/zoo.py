@@ -137,6 +137,16 @@ class BasicBlock(nn.Module):
         return out
 
 
+def resnet_init(module):
+    """torchvision's ResNet initialisation: Kaiming-normal conv weights (fan out), BN weight 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 class ResNet18(nn.Module):
     """torchvision's resnet18 module for module (same attribute names: conv1, bn1, relu, maxpool,
     layer1..layer4, avgpool, fc), with base width 16 instead of 64."""
@@ -159,13 +169,7 @@ class ResNet18(nn.Module):
         self.layer4 = self._make_layer(self.WIDTHS[3], 2, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.WIDTHS[3] * BasicBlock.expansion, NUM_CLASSES)
-        # torchvision's initialisation
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        resnet_init(self)
 
     def _make_layer(self, planes, blocks, stride=1):
         downsample = None
@@ -376,13 +380,7 @@ class ResNet20(nn.Module):
         self.layer3 = self._make_layer(self.WIDTHS[2], self.BLOCKS, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.WIDTHS[2] * BasicBlock.expansion, NUM_CLASSES)
-        # torchvision's initialisation
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        resnet_init(self)
 
     _make_layer = ResNet18._make_layer
 

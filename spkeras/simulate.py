@@ -263,19 +263,18 @@ class _Neurons:
         correction c(t), if calibrated, being part of the input current; Θ = [V ≥ V_thr] (Eq. 4);
         then V ← V − Θ·V_thr (Eq. 2) or V ← 0 where Θ = 1 (reset to zero).
         """
-        drive = current.tensor
+        drive, constant = current.tensor, current.constant
         if self.step_current:
-            drive = drive.add_(self.step_current) if owned and not current.constant else drive + self.step_current
+            drive = drive.add_(self.step_current) if owned and not constant else drive + self.step_current
         corrections = step_biases(self.node, self.done, steps)
         self.done += steps
-        if corrections is not None:
-            drive = (drive.unsqueeze(0) if current.constant else drive) + corrections
-            current = _Value(drive, False)
+        if corrections is not None:  # per step from here on
+            drive, constant = (drive.unsqueeze(0) if constant else drive) + corrections, False
         if self.buffer is None or self.buffer.shape[0] < steps:
             self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         out = self.buffer[:steps]
         for t in range(steps):
-            self.v.add_(drive if current.constant else drive[t])
+            self.v.add_(drive if constant else drive[t])
             if not self.fire:
                 out[t] = self.v
                 continue

@@ -177,20 +177,28 @@ def test_initial_potential_is_refused_and_nothing_is_written(tmp_path, capsys):
     assert not out.exists() and not list(tmp_path.glob(".init.nir*"))
 
 
-def test_calibrated_initial_potentials_are_saved_and_refused_by_nir(tmp_path):
+def assert_refused_by_nir_but_saved(net, param: str, refusal: str, path) -> None:
+    """NIR refuses ``net`` (message matching ``refusal``); the .snn file keeps every spike node's
+    ``param`` bit for bit, and the reloaded network simulates spike for spike the same."""
     from spkeras.snn import load_snn
 
-    net = demo_net(method="ecc+", tre="spread", potential_share=1.0, rate_calibration_images=32, step_bias=False)
-    calibrated = {n.name: n.params["initial_potential"] for n in net.spike_nodes if "initial_potential" in n.params}
-    assert calibrated and all(n.attrs["v_init"] == 0.0 for n in net.spike_nodes)
-    with pytest.raises(ModelError, match="per-channel initial potentials"):
+    with pytest.raises(ModelError, match=refusal):
         to_nir(net)
-    save_snn(net, tmp_path / "calibrated.snn")
-    loaded = load_snn(tmp_path / "calibrated.snn")
-    for name, potential in calibrated.items():
-        assert torch.equal(loaded.graph.node(name).params["initial_potential"], potential)
+    save_snn(net, path)
+    loaded = load_snn(path)
+    for node in net.spike_nodes:
+        if param in node.params:
+            assert torch.equal(loaded.graph.node(node.name).params[param], node.params[param])
     images = checked_images(spkeras.api.as_dataset(asset("mnist_test.npz"), 20), net.cnn)
     assert torch.equal(simulate(loaded, images, T).spikes, simulate(net, images, T).spikes)
+
+
+def test_calibrated_initial_potentials_are_saved_and_refused_by_nir(tmp_path):
+    net = demo_net(method="ecc+", tre="spread", potential_share=1.0, rate_calibration_images=32, step_bias=False)
+    assert any("initial_potential" in n.params for n in net.spike_nodes)
+    assert all(n.attrs["v_init"] == 0.0 for n in net.spike_nodes)
+    assert_refused_by_nir_but_saved(net, "initial_potential", "per-channel initial potentials",
+                                    tmp_path / "calibrated.snn")
 
 
 def test_asymmetric_padding_is_refused():
@@ -201,17 +209,8 @@ def test_asymmetric_padding_is_refused():
 
 
 def test_per_step_corrections_are_saved_and_refused_by_nir(tmp_path):
-    from spkeras.snn import load_snn
-
     net = demo_net(method="ecc+", tre="spread", potential_share=0.0, step_bias=True, rate_calibration_images=32,
                    delay_calibration_images=0)
-    corrections = {n.name: n.params["step_bias"] for n in net.spike_nodes}
-    assert all(c.shape[0] == T and c.abs().sum() > 0 for c in corrections.values())
-    with pytest.raises(ModelError, match="per-step current correction"):
-        to_nir(net)
-    save_snn(net, tmp_path / "corrected.snn")
-    loaded = load_snn(tmp_path / "corrected.snn")
-    for name, table in corrections.items():
-        assert torch.equal(loaded.graph.node(name).params["step_bias"], table)
-    images = checked_images(spkeras.api.as_dataset(asset("mnist_test.npz"), 20), net.cnn)
-    assert torch.equal(simulate(loaded, images, T).spikes, simulate(net, images, T).spikes)
+    corrections = [n.params["step_bias"] for n in net.spike_nodes]
+    assert all(c.shape[0] == T and c.abs().sum() > 0 for c in corrections)
+    assert_refused_by_nir_but_saved(net, "step_bias", "per-step current correction", tmp_path / "corrected.snn")

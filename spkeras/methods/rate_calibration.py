@@ -109,9 +109,12 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     """Correct biases and initial potentials in place, layer by layer, so that simulated mean
     rates after T steps match the rate model; the share s is the method's ``potential_share``.
 
-    One :class:`~spkeras.layerwise.LayerWalk` up the network: each layer is simulated once per
-    round from the kept spike trains of the (already corrected) layers below, then once more to
-    keep its own (what a simulation of the network cut after that layer gives).
+    With the method's ``step_bias``, each layer first gets its per-step current correction
+    (module docstring); ``iterations`` may then be 0.
+
+    One :class:`~spkeras.layerwise.LayerWalk` up the network: each layer is simulated once for its
+    step bias, once per round from the kept spike trains of the (already corrected) layers below,
+    then once more to keep its own (what a simulation of the network cut after that layer gives).
     """
     targets, target_currents = rate_model_means(net, images)
     steps = net.timesteps
