@@ -254,6 +254,7 @@ class _Neurons:
         self.node = node
         self.done = 0  # steps run so far in this batch
         self.buffer = None  # spikes of the current chunk, reused chunk after chunk
+        self.step_buffer = None  # one step's corrected current, reused step after step
 
     def run(self, current: _Value, steps: int, owned: bool = False) -> torch.Tensor:
         """Integrate ``steps`` steps; returns spikes (or, if not firing, potentials) per step.
@@ -268,13 +269,14 @@ class _Neurons:
             drive = drive.add_(self.step_current) if owned and not constant else drive + self.step_current
         corrections = step_biases(self.node, self.done, steps)
         self.done += steps
-        if corrections is not None:  # per step from here on
-            drive, constant = (drive.unsqueeze(0) if constant else drive) + corrections, False
         if self.buffer is None or self.buffer.shape[0] < steps:
             self.buffer = torch.empty((steps, *self.v.shape), device=self.v.device, dtype=self.v.dtype)
         out = self.buffer[:steps]
         for t in range(steps):
-            self.v.add_(drive if constant else drive[t])
+            step_drive = drive if constant else drive[t]
+            if corrections is not None:  # Z(t) + c(t) into one reused step buffer, not a chunk-sized copy
+                step_drive = torch.add(step_drive, corrections[t], out=self._corrected(step_drive))
+            self.v.add_(step_drive)
             if not self.fire:
                 out[t] = self.v
                 continue
@@ -284,6 +286,12 @@ class _Neurons:
             else:
                 self.v.masked_fill_(out[t].bool(), 0.0)
         return out
+
+    def _corrected(self, like: torch.Tensor) -> torch.Tensor:
+        """The buffer that holds one step's corrected current."""
+        if self.step_buffer is None or self.step_buffer.shape != like.shape:
+            self.step_buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
+        return self.step_buffer
 
 
 def keep_freed_memory() -> None:

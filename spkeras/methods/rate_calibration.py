@@ -36,8 +36,8 @@ from ..snn import SpikingNetwork
 def channel_means(value: torch.Tensor) -> torch.Tensor:
     """Mean over images and positions, per channel (per unit for flat layers), in float64 with
     numpy's fixed summation order (not a threaded reduction whose order follows the threads)."""
-    array = value.detach().cpu().double().numpy()
-    return torch.from_numpy(array.mean(axis=(0, 2, 3) if array.ndim == 4 else 0))
+    array = value.detach().cpu().numpy()
+    return torch.from_numpy(array.mean(axis=(0, 2, 3) if array.ndim == 4 else 0, dtype=np.float64))
 
 
 def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> tuple[dict, dict]:
@@ -60,6 +60,13 @@ def rate_model_means(net: SpikingNetwork, images: torch.Tensor) -> tuple[dict, d
     return rates, currents
 
 
+def float64_sums(per_step: torch.Tensor) -> np.ndarray:
+    """(steps, C): per-step sums over images and positions, accumulated in float64 in numpy's fixed
+    order (casting on the fly, without a float64 copy of the whole tensor)."""
+    array = per_step.detach().cpu().numpy()
+    return np.add.reduce(array, axis=(1, 3, 4) if array.ndim == 5 else 1, dtype=np.float64)
+
+
 class StepSums(Recorder):
     """Per-channel sums, over images and positions, of spike node ``name``'s input current
     (``of="current"``) or output spikes (``of="spikes"``) at each step: ``sums`` (T, C) in float64
@@ -80,16 +87,21 @@ class StepSums(Recorder):
         self.positions = neurons(node) // node.shape[0]
 
     def current(self, name: str, value, steps: int) -> None:
-        if name == self.name and self.of == "current":
-            self._add(value.per_step(steps))
+        if name != self.name or self.of != "current":
+            return
+        if value.constant:  # the same sums at every step of the chunk
+            self._add(np.broadcast_to(float64_sums(value.tensor.unsqueeze(0)), (steps, value.tensor.shape[1])))
+        else:
+            self._add(float64_sums(value.tensor))
 
     def spikes(self, name: str, per_step: torch.Tensor) -> None:
         if name == self.name and self.of == "spikes":
-            self._add(per_step)
+            # counts of 0/1 values: exact in float32 below 2^24 per sum, whatever the order
+            exact = per_step[0].numel() < 2**24
+            self._add(float64_sums(per_step) if not exact else
+                      per_step.sum(dim=(1, 3, 4) if per_step.ndim == 5 else 1).double().cpu().numpy())
 
-    def _add(self, per_step: torch.Tensor) -> None:
-        array = per_step.detach().cpu().double().numpy()
-        sums = array.sum(axis=(1, 3, 4) if array.ndim == 5 else 1)
+    def _add(self, sums: np.ndarray) -> None:
         if self.sums is None:
             self.sums = np.zeros((self.steps, sums.shape[1]))
         self.sums[self.done : self.done + sums.shape[0]] += sums
