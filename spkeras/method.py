@@ -62,6 +62,11 @@ class Method:
                            choices=("analog", "algorithm1", "poisson"))
     kappa0: float = switch(100.0, "Algorithm 1 input threshold κ₀")
     spiking_pools: bool = switch(True, "average-pooling layers get spiking neurons of their own")
+    channel_balance: bool = switch(
+        False, "balance channels: before λ, rescale each ReLU layer's channels (and the weights that read them, "
+               "which leaves the CNN's function unchanged) so that every channel reaches the layer's largest "
+               "activation on the calibration images: per-channel thresholds in effect (where the layer feeds "
+               "only convs, dense layers and pools)")
     maxpool: str = switch(
         "accumulated", "max pooling: accumulated (the ReLU moves after the pool, max(ReLU(z)) = ReLU(max(z)); the "
         "pool passes the step-to-step change of the largest accumulated input current of its window, so its "
@@ -141,6 +146,7 @@ class Method:
     def preparation_key(self) -> dict:
         """The switches that the T-independent part of conversion (canonical graph and λ) depends on."""
         return {"cmb": self.cmb, "spiking_pools": self.spiking_pools, "maxpool": self.maxpool,
+                "channel_balance": self.channel_balance,
                 "statistic": self.statistic,
                 "percentile": self.percentile if self.statistic == "percentile" else None}
 

@@ -41,6 +41,7 @@ from ..quantise import quantise
 from ..simulate import MaxCurrent, RunOptions
 from ..snn import SpikingNetwork
 from . import ecc
+from .channel_balance import balance_channels
 from .rate_calibration import calibrate_rates
 from .readout_calibration import calibrate_readout_delay
 from ..method import Method
@@ -134,6 +135,10 @@ def prepare(cnn: Graph, calibration: torch.Tensor | None, method: Method, batch_
         raise ConfigError(f"method {method.name!r} simulates calibration images: give them (--calib)")
     reference = canonicalise(cnn, use_eps=True)
     folded = reference if method.cmb else canonicalise(cnn, use_eps=False)
+    if method.channel_balance:
+        if calibration is None:
+            raise ConfigError("channel balancing (channel_balance) needs calibration images (--calib)")
+        folded = balance_channels(folded, calibration, batch_size, device)
     if method.maxpool != "gate":
         folded = pool_before_relu(folded.clone())
     sites = spike_sites(folded, method.spiking_pools)
