@@ -24,6 +24,7 @@ from .simulate import BatchState, Recorder, RunOptions, _Neurons, _Value, event_
 from .snn import SpikingNetwork
 
 BOUNDARY_OPS = ("input", "spike")
+CURRENT_STORE_BYTES = 2 << 30  # input currents a walk keeps between two runs of one node
 
 
 def segment(graph: Graph, name: str) -> list[Node]:
@@ -72,9 +73,12 @@ class LayerWalk:
         """Whether a spike node above reads ``name`` (so its spike trains are worth keeping)."""
         return bool(self.readers[name])
 
-    def run(self, net: SpikingNetwork, name: str, recorders: list[Recorder] = (), keep: bool = False) -> None:
+    def run(self, net: SpikingNetwork, name: str, recorders: list[Recorder] = (), keep: bool = False,
+            store: "CurrentStore | None" = None) -> None:
         """Simulate spike node ``name`` over every image and step, handing its current and spikes
-        to ``recorders``; with ``keep``, keep its spike trains for the nodes above."""
+        to ``recorders``; with ``keep``, keep its spike trains for the nodes above. With a
+        ``store``, the first run given it keeps the node's input current and the next reads it
+        instead of computing the layers below again (:class:`CurrentStore`)."""
         options = self.options
         graph = net.to(options.device).graph
         nodes = segment(graph, name)
@@ -96,16 +100,12 @@ class LayerWalk:
                 recorder.begin_batch(graph, batch.shape[0])
             for t0 in range(0, steps_total, options.chunk):
                 steps = min(options.chunk, steps_total - t0)
-                values = {s: _Value(unpack(self.kept[s][start, t0], spare, s, batch.dtype), False)
-                          for s in sources if s != graph.input.name}
-                if encoder is not None:
-                    values[graph.input.name] = _Value(encoder.next(steps), encoder.constant)
-                for node in nodes:
-                    inputs = [values[i] for i in node.inputs]
-                    if node.op == "spike":
-                        values[name] = state.fire(node, neurons, inputs[0], steps, recorders)
-                    else:
-                        values[node.name] = state.linear(node, inputs, steps)
+                current = store.get((start, t0)) if store is not None else None
+                if current is None:
+                    current = self._current(graph, nodes, sources, encoder, state, spare, start, t0, steps, batch.dtype)
+                    if store is not None:
+                        store.put((start, t0), current, spare)
+                values = {name: state.fire(nodes[-1], neurons, current, steps, recorders, owned=store is None)}
                 for recorder in recorders:
                     recorder.spikes(name, values[name].tensor)
                 if out is not None:
@@ -115,6 +115,17 @@ class LayerWalk:
         if out is not None:
             self._keep(name, out, sources)
 
+    def _current(self, graph: Graph, nodes: list[Node], sources: set[str], encoder, state: BatchState, spare: dict,
+                 start: int, t0: int, steps: int, dtype: torch.dtype) -> _Value:
+        """The input current of the segment's spike node (its last node) for one block of images and steps."""
+        values = {s: _Value(unpack(self.kept[s][start, t0], spare, s, dtype), False)
+                  for s in sources if s != graph.input.name}
+        if encoder is not None:
+            values[graph.input.name] = _Value(encoder.next(steps), encoder.constant)
+        for node in nodes[:-1]:
+            values[node.name] = state.linear(node, [values[i] for i in node.inputs], steps)
+        return values[nodes[-1].inputs[0]]
+
     def _keep(self, name: str, trains: dict, sources: set[str]) -> None:
         """Keep ``name``'s spike trains and let go of those no node above still needs."""
         self.kept[name] = trains
@@ -123,3 +134,29 @@ class LayerWalk:
                 self.readers[source].discard(name)
                 if not self.readers[source]:
                     self.kept.pop(source, None)
+
+
+class CurrentStore:
+    """One spike node's input current for every block of a walk, kept from one run to the next
+    while nothing that feeds the node changes (its own step bias and initial potential may: they
+    act inside the neuron). The layers below are then computed once for both runs. Beyond
+    ``budget`` bytes nothing is kept, and the next run computes the current again."""
+
+    def __init__(self, budget: int = CURRENT_STORE_BYTES):
+        self.budget = budget
+        self.blocks: dict[tuple[int, int], _Value] = {}
+        self.size = 0
+        self.overflowed = False
+
+    def get(self, key: tuple[int, int]) -> _Value | None:
+        return self.blocks.get(key)
+
+    def put(self, key: tuple[int, int], current: _Value, spare: dict[str, torch.Tensor]) -> None:
+        tensor = current.tensor
+        if any(tensor.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for b in spare.values()):
+            current = _Value(tensor.clone(), current.constant)  # a view of a buffer the next block overwrites
+        self.size += current.tensor.untyped_storage().nbytes()
+        if self.overflowed or self.size > self.budget:
+            self.overflowed, self.blocks = True, {}
+            return
+        self.blocks[key] = current

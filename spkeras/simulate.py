@@ -404,11 +404,12 @@ class BatchState:
         for pool in self.pools.values():
             pool.keep(rows)
 
-    def fire(self, node: Node, neurons: "_Neurons", current: _Value, steps: int, recorders) -> _Value:
-        """A spike node over this chunk; recorders see its input current first."""
+    def fire(self, node: Node, neurons: "_Neurons", current: _Value, steps: int, recorders, owned: bool = True) -> _Value:
+        """A spike node over this chunk; recorders see its input current first. ``owned=False``:
+        the current is kept elsewhere, so the neurons may not add to it in place."""
         for recorder in recorders:
             recorder.current(node.name, current, steps)
-        owned = self.consumers[node.inputs[0]] == 1 and node.inputs[0] not in self.layers
+        owned = owned and self.consumers[node.inputs[0]] == 1 and node.inputs[0] not in self.layers
         return _Value(neurons.run(current, steps, owned), False)
 
 

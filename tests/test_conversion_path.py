@@ -13,7 +13,7 @@ import torch
 from tests import helpers
 from tests.helpers import one_thread  # noqa: F401  (autouse fixture)
 from tests.reference_calibration import convert_by_full_runs, prefix
-from spkeras import api
+from spkeras import api, layerwise
 from spkeras.cli import build_parser
 from spkeras.demo import asset
 from spkeras.evaluation import checked_images
@@ -78,6 +78,28 @@ def test_layer_walk_on_the_demo_network_bit_for_bit():
     for method in (get_method("ecc+"), get_method("ecc+", rate_calibration=2, readout="spikes"),
                    get_method("spikenorm", spikenorm_images=120, spikenorm_timesteps=24)):
         assert_same_network(convert(graph, calibration, method, 12), convert_by_full_runs(graph, calibration, method, 12))
+
+
+def test_step_bias_and_first_rate_round_share_one_computation_of_each_current(monkeypatch):
+    """The current store gives the network of a walk that recomputes every current, bit for bit,
+    with fewer computations of the layers below; over its budget it recomputes."""
+    graph = api.load_model(asset("mnist_cnn.keras"))
+    calibration = checked_images(api.as_dataset(asset("mnist_calib.npz")), graph)
+    method = get_method("ecc+", delay_calibration_images=0)
+    computed = []
+    original = LayerWalk._current
+
+    def counting(self, *args, **kwargs):
+        computed.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LayerWalk, "_current", counting)
+    stored = convert(graph, calibration, method, 12)
+    with_store = len(computed)
+    monkeypatch.setattr(layerwise.CurrentStore.__init__, "__defaults__", (0,))  # a budget of 0 bytes
+    computed.clear()
+    assert_same_network(stored, convert(graph, calibration, method, 12))
+    assert with_store < len(computed)
 
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..ir import Node, feeding_layer, neurons
-from ..layerwise import LayerWalk
+from ..layerwise import CurrentStore, LayerWalk
 from ..ops import apply_stateless, run_graph
 from ..progress import announce
 from ..simulate import Recorder, RunOptions
@@ -127,6 +127,8 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     One :class:`~spkeras.layerwise.LayerWalk` up the network: each layer is simulated once for its
     step bias, once per round from the kept spike trains of the (already corrected) layers below,
     then once more to keep its own (what a simulation of the network cut after that layer gives).
+    The step-bias run and the first round share one computation of the layer's input current
+    (:class:`~spkeras.layerwise.CurrentStore`, within its memory budget).
     """
     targets, target_currents = rate_model_means(net, images)
     steps = net.timesteps
@@ -134,15 +136,18 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
     spikes = net.spike_nodes
     for index, node in enumerate(spikes, start=1):
         announce(f"calibrating rates: layer {index}/{len(spikes)} ({images.shape[0]} images, T={steps})")
+        rounds = iterations if correctable(net, node) else 0
+        # the first rate round sees the same input current as the step-bias run: keep it for that round
+        store = CurrentStore() if net.method.step_bias and rounds else None
         if net.method.step_bias:
             measured = StepSums(node.name, steps)
-            walk.run(net, node.name, [measured])
+            walk.run(net, node.name, [measured], store=store)
             set_step_bias(node, measured.means(), target_currents[node.name], net.graph.dtype)
-        if correctable(net, node) and iterations:
-            for _ in range(iterations):
-                rates = StepSums(node.name, steps, of="spikes")
-                walk.run(net, node.name, [rates])
-                correct(net, node, targets[node.name], rates)
+        for _ in range(rounds):
+            rates = StepSums(node.name, steps, of="spikes")
+            walk.run(net, node.name, [rates], store=store)
+            store = None  # the correction changes the bias below the neuron
+            correct(net, node, targets[node.name], rates)
         if walk.needed(node.name):
             walk.run(net, node.name, keep=True)
     return net
