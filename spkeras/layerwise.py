@@ -74,11 +74,13 @@ class LayerWalk:
         return bool(self.readers[name])
 
     def run(self, net: SpikingNetwork, name: str, recorders: list[Recorder] = (), keep: bool = False,
-            store: "CurrentStore | None" = None) -> None:
+            store: "CurrentStore | None" = None, readout: bool = False) -> None:
         """Simulate spike node ``name`` over every image and step, handing its current and spikes
         to ``recorders``; with ``keep``, keep its spike trains for the nodes above. With a
         ``store``, the first run given it keeps the node's input current and the next reads it
-        instead of computing the layers below again (:class:`CurrentStore`)."""
+        instead of computing the layers below again (:class:`CurrentStore`). With ``readout``,
+        ``name`` is the output, run as the network reads it (an output read from its potential
+        does not fire), and the recorders get its cumulative readout as in a full simulation."""
         options = self.options
         graph = net.to(options.device).graph
         nodes = segment(graph, name)
@@ -86,30 +88,36 @@ class LayerWalk:
         missing = sorted(s for s in sources if s != graph.input.name and s not in self.kept)
         if missing:
             raise GraphError(f"layer walk: {name} reads {missing[0]}, which has not been kept yet")
-        count, steps_total = self.images.shape[0], options.timesteps
+        fire = not (readout and net.method.readout == "potential")
         out = {} if keep else None
         events = event_convolutions(options)
         spare: dict[str, torch.Tensor] = {}  # one float buffer per source, reused block after block
-        for start in range(0, count, options.batch_size):
+        for start in range(0, self.images.shape[0], options.batch_size):
             batch = self.images[start : start + options.batch_size].to(options.device)
             encoder = (make_encoder(batch, net.method, torch.arange(start, start + batch.shape[0]), options.seed)
                        if graph.input.name in sources else None)
-            neurons = _Neurons(graph.node(name), batch.shape[0], batch.device, dtype=batch.dtype)
+            neurons = _Neurons(graph.node(name), batch.shape[0], batch.device, fire=fire, dtype=batch.dtype)
             state = BatchState(graph, events)
             for recorder in recorders:
                 recorder.begin_batch(graph, batch.shape[0])
-            for t0 in range(0, steps_total, options.chunk):
-                steps = min(options.chunk, steps_total - t0)
+            total = 0.0  # the output's spike count so far, for its readout
+            for t0 in range(0, options.timesteps, options.chunk):
+                steps = min(options.chunk, options.timesteps - t0)
                 current = store.get((start, t0)) if store is not None else None
                 if current is None:
                     current = self._current(graph, nodes, sources, encoder, state, spare, start, t0, steps, batch.dtype)
                     if store is not None:
                         store.put((start, t0), current, spare)
-                values = {name: state.fire(nodes[-1], neurons, current, steps, recorders, owned=store is None)}
-                for recorder in recorders:
-                    recorder.spikes(name, values[name].tensor)
+                fired = state.fire(nodes[-1], neurons, current, steps, recorders, owned=store is None).tensor
+                for recorder in recorders if fire else ():
+                    recorder.spikes(name, fired)
+                if readout:
+                    scores = total + fired.cumsum(0) if fire else fired
+                    total = total + fired.sum(0) if fire else total
+                    for recorder in recorders:
+                        recorder.readout(scores, t0)
                 if out is not None:
-                    out[start, t0] = values[name].tensor.bool()
+                    out[start, t0] = fired.bool()
             for recorder in recorders:
                 recorder.end_batch()
         if out is not None:

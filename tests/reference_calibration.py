@@ -63,5 +63,8 @@ def convert_by_full_runs(cnn, calibration: torch.Tensor, method, timesteps: int,
         net = calibrate_rates_by_prefixes(net, calibration[: method.rate_calibration_images], method.rate_calibration,
                                           device)
     if method.delay_calibration_images:
-        net = calibrate_readout_delay(net, calibration[: method.delay_calibration_images], device)
+        # the readout of the rate-calibration images and of the rest, as two full simulations
+        calibrated = method.rate_calibration or method.step_bias
+        split = min(method.rate_calibration_images, method.delay_calibration_images) if calibrated else 0
+        net = calibrate_readout_delay(net, calibration[: method.delay_calibration_images], device, split=split)
     return net

@@ -22,7 +22,7 @@ from spkeras.method import Method
 from spkeras.methods import get_method
 from spkeras.methods.framework import build, convert, prepare
 from spkeras.options import flag, method_overrides
-from spkeras.simulate import MaxCurrent, NeuronCounts, RunOptions, simulate
+from spkeras.simulate import MaxCurrent, NeuronCounts, OutputScores, RunOptions, simulate
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spkeras"
 
@@ -117,6 +117,22 @@ def test_walk_measures_each_layer_as_a_simulation_of_the_network_cut_after_it(ne
         assert torch.equal(counts.totals[node.name], expected.totals[node.name]), node.name
         assert peak.value == expected_peak.value, node.name
         assert counts.totals[node.name].sum() > 0, node.name
+
+
+@pytest.mark.parametrize("readout", ["spikes", "potential"])
+def test_walk_reads_the_output_as_a_full_simulation_does(readout):
+    cnn, images = NETWORKS["residual"]
+    prepared = prepare(cnn, images, get_method("ecc", readout=readout))
+    net = build(prepared.graph, prepared.lambdas, prepared.method, 20, prepared.reference)
+    options = RunOptions(timesteps=20, batch_size=64, chunk=6)
+    walk = LayerWalk(net, images, options)
+    for node in net.spike_nodes[:-1]:
+        walk.run(net, node.name, keep=walk.needed(node.name))
+    walked, simulated = OutputScores(), OutputScores()
+    walk.run(net, net.graph.output, [walked], readout=True)
+    simulate(net, images, options, [simulated])
+    assert torch.equal(walked.scores, simulated.scores)
+    assert walked.scores[-1].abs().sum() > 0
 
 
 def test_walk_refuses_a_layer_whose_inputs_are_not_kept():

@@ -116,11 +116,14 @@ class PreparedConversion:
         net = build(self.graph, self.lambdas, method, timesteps, self.reference)
         if method.statistic == "spikenorm":
             net = spike_norm(self.graph, net, self.calibration[: method.spikenorm_images], self.device)
+        walk = None
         if method.rate_calibration or method.step_bias:
-            net = calibrate_rates(net, self.calibration[: method.rate_calibration_images], method.rate_calibration,
-                                  self.device)
+            net, walk = calibrate_rates(net, self.calibration[: method.rate_calibration_images],
+                                        method.rate_calibration, self.device)
         if method.delay_calibration_images:
-            net = calibrate_readout_delay(net, self.calibration[: method.delay_calibration_images], self.device)
+            delay_images = self.calibration[: method.delay_calibration_images]
+            usable = walk is not None and walk.images.shape[0] <= delay_images.shape[0]
+            net = calibrate_readout_delay(net, delay_images, self.device, walk=walk if usable else None)
         return net
 
 

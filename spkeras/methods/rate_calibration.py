@@ -117,9 +117,11 @@ class StepSums(Recorder):
         return torch.from_numpy(self.sums.sum(0) / (self.images * self.positions))
 
 
-def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, device: str = "cpu") -> SpikingNetwork:
+def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int,
+                    device: str = "cpu") -> tuple[SpikingNetwork, LayerWalk]:
     """Correct biases and initial potentials in place, layer by layer, so that simulated mean
     rates after T steps match the rate model; the share s is the method's ``potential_share``.
+    Returns the network and the walk, which still keeps the spike trains below the output.
 
     With the method's ``step_bias``, each layer first gets its per-step current correction
     (module docstring); ``iterations`` may then be 0.
@@ -150,7 +152,7 @@ def calibrate_rates(net: SpikingNetwork, images: torch.Tensor, iterations: int, 
             correct(net, node, targets[node.name], rates)
         if walk.needed(node.name):
             walk.run(net, node.name, keep=True)
-    return net
+    return net, walk
 
 
 def set_step_bias(node: Node, measured: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> None:

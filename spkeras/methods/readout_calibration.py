@@ -4,7 +4,8 @@ A delayed readout ignores what the output accumulates in the first K steps, whil
 below are still filling: the prediction after T steps is argmax_c (S_c(T) − S_c(K)), where S(t)
 is the output's cumulative readout (spike count, or membrane potential). How long the transient
 lasts depends on the network's depth and on T, so instead of one fixed fraction for every
-network, conversion simulates calibration images once, keeping S(t), and picks the fraction
+network, conversion measures S(t) on calibration images (the rate calibration's images from its
+layer walk, which keeps every layer below the output, the rest by simulation) and picks the fraction
 f ∈ ``DELAY_FRACTIONS`` (K = ⌊f·T⌋) whose readout agrees most often with the CNN's predictions;
 a tie goes to the shorter delay.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..evaluation import cnn_predictions
+from ..layerwise import LayerWalk
 from ..progress import announce
 from ..simulate import OutputScores, RunOptions, simulate
 from ..snn import SpikingNetwork
@@ -27,14 +29,31 @@ def delayed_predictions(scores: torch.Tensor, delay: int) -> torch.Tensor:
     return final.argmax(dim=-1)
 
 
-def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: str = "cpu") -> SpikingNetwork:
+def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: str = "cpu", split: int = 0,
+                            walk: LayerWalk | None = None) -> SpikingNetwork:
     """Set the network's readout delay to the fraction of T that best agrees with the CNN on
-    ``images`` (see the module docstring); returns the network, changed in place."""
+    ``images`` (see the module docstring); returns the network, changed in place.
+
+    The readout S(t) of ``images[:split]`` and of the rest are measured as two runs. A rate
+    calibration's ``walk`` over the first ``split`` images (its images) has every layer below the
+    output kept, so those images cost only the output layer; without it both runs are simulated."""
     steps = net.timesteps
+    if walk is not None:
+        split = walk.images.shape[0]
+        if split > images.shape[0] or not torch.equal(walk.images, images[:split]):
+            raise ValueError("the walk's images must be the first of the delay-calibration images")
     announce(f"choosing readout delay ({images.shape[0]} images, T={steps})")
-    recorder = OutputScores()
-    simulate(net, images, RunOptions(timesteps=steps, device=device), [recorder])
-    scores = recorder.scores  # S(t) before any delay
+    parts = []
+    for first, last in ((0, split), (split, images.shape[0])):
+        if last <= first:
+            continue
+        recorder = OutputScores()
+        if walk is not None and first == 0:
+            walk.run(net, net.graph.output, [recorder], readout=True)
+        else:
+            simulate(net, images[first:last], RunOptions(timesteps=steps, device=device), [recorder])
+        parts.append(recorder.scores)
+    scores = torch.cat(parts, 1)  # S(t) before any delay
     cnn = cnn_predictions(net.cnn.to(device), images, 100, device)
 
     def agreement(fraction: float) -> int:
