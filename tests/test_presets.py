@@ -438,37 +438,6 @@ def test_ecc_plus_delay_scales_with_t_and_rate_calibration_reduces_rate_error():
     assert rate_error(by_potential) < rate_error(plain)
 
 
-def test_rate_correction_reaches_neurons_after_an_addition_through_their_per_step_correction():
-    """A neuron fed by an addition has no bias of its own: with a per-step correction, its rate
-    correction goes there (the same amount at every step) and its potential, and the rates move
-    towards the rate model; without one it is left alone."""
-    from spkeras.methods.rate_calibration import StepSums, channel_means, correct, rate_model_means
-    cnn = helpers.residual_cnn(dtype=torch.float64, seed=5, branch=2)
-    calib = helpers.images(cnn, 64, seed=3)
-    timesteps = 12
-    method = get_method("ecc+", delay_calibration_images=0, potential_share=0.5)
-    stepped = convert(cnn, calib, method.with_options(rate_calibration=0), timesteps)
-    corrected = convert(cnn, calib, method, timesteps)
-    assert "initial_potential" in corrected.graph.node("relu2").params
-    # the correction itself: e = (target − rate)·V_thr, s·T·e as potential, (1 − s)·e at every step
-    node = stepped.graph.node("relu2")
-    before = node.params["step_bias"].clone()
-    rates = StepSums("relu2", timesteps, of="spikes")
-    rates.sums, rates.images, rates.positions = np.full((timesteps, 3), 6.0), 4, 9  # a mean rate of 6/36 per step
-    target = torch.tensor([0.5, 0.25, 0.0], dtype=torch.float64)
-    correct(stepped, node, target, rates)
-    error = (target - 6.0 / 36) * node.attrs["threshold"]
-    assert torch.allclose(node.params["initial_potential"].flatten(), 0.5 * timesteps * error)
-    assert torch.allclose(node.params["step_bias"] - before, (0.5 * error).view(1, 3, 1, 1).expand_as(before))
-    without = convert(cnn, calib, method.with_options(step_bias=False), timesteps)
-    assert "initial_potential" not in without.graph.node("relu2").params
-    stepped = convert(cnn, calib, method.with_options(rate_calibration=0), timesteps)
-    targets, _ = rate_model_means(stepped, calib)
-    errors = [float((channel_means(helpers.simulate_counting(net, calib, timesteps).neuron_counts["relu2"])
-                     / timesteps - targets["relu2"]).abs().sum()) for net in (stepped, corrected)]
-    assert errors[1] < errors[0]
-
-
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Method) if isinstance(f.default, bool)])
 def test_on_off_switches_refuse_anything_but_a_bool(field):
     """An on/off switch given a string ("False", "off") or a number is refused in one line rather

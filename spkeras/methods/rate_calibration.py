@@ -164,35 +164,28 @@ def set_step_bias(node: Node, measured: torch.Tensor, target: torch.Tensor, dtyp
 
 def correctable(net: SpikingNetwork, node: Node) -> bool:
     """Whether a spike node gets a rate correction: fed by a conv, dense or affine layer (whose
-    bias takes it; :func:`~spkeras.ir.feeding_layer`) or, under the method's ``step_bias`` or
-    ``per_step_rates``, any neuron (its per-step correction takes it: neurons after an addition
-    or a pool), and not the output read from its potential (it does not fire)."""
-    per_step = net.method.step_bias or net.method.per_step_rates
-    return (takes_bias(net, node) or per_step) and not (
-        node.name == net.graph.output and net.method.readout == "potential")
-
-
-def takes_bias(net: SpikingNetwork, node: Node) -> bool:
-    """Whether the layer feeding spike node ``node`` is a conv, dense or affine layer with a bias to correct."""
-    return feeding_layer(net.graph, node).op in ("conv2d", "dense", "affine")
+    bias takes it; :func:`~spkeras.ir.feeding_layer`), and not the output read from its potential
+    (it does not fire)."""
+    layer = feeding_layer(net.graph, node)
+    return (layer.op in ("conv2d", "dense", "affine")
+            and not (node.name == net.graph.output and net.method.readout == "potential"))
 
 
 def correct(net: SpikingNetwork, node: Node, target: torch.Tensor, rates: StepSums) -> None:
     """Add the error e_c = (target − simulated rate)·V_thr back to spike node ``node``, from its
     spikes per step ``rates``: the share s as initial potential s·T·e_c, the rest as bias
-    (1 − s)·e_c on the layer feeding it (or, where that is an addition or a pool, at every step of
-    its per-step correction) or, with the method's ``per_step_rates``, as the per-step
+    (1 − s)·e_c on the layer feeding it or, with the method's ``per_step_rates``, as the per-step
     correction (1 − s)·e_c(t), e_c(t) = (target − mean rate at step t)·V_thr."""
-    share, steps, dtype = net.method.potential_share, net.timesteps, net.graph.dtype
+    layer = feeding_layer(net.graph, node)
+    share, steps = net.method.potential_share, net.timesteps
+    dtype = layer.params["weight"].dtype
     error = ((target - rates.total_means() / steps) * node.attrs["threshold"]).to(dtype)
     if share:
         add_initial_potential(node, share * steps * error)
     if share < 1 and net.method.per_step_rates:
         add_step_bias(node, ((1 - share) * (target.unsqueeze(0) - rates.means()) * node.attrs["threshold"]).to(dtype))
-    elif share < 1 and takes_bias(net, node):
-        add_bias(feeding_layer(net.graph, node), (1 - share) * error)
     elif share < 1:
-        add_step_bias(node, ((1 - share) * error).unsqueeze(0).expand(node.params["step_bias"].shape[0], -1))
+        add_bias(layer, (1 - share) * error)
 
 
 def add_step_bias(node: Node, per_step: torch.Tensor) -> None:
