@@ -41,7 +41,7 @@ from spkeras.simulate import RunOptions, simulate  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 NETS = {"vgg_maxpool": "VGGMaxPool", "resnet18": "ResNet18", "mobilenetv2": "MobileNetV2Small",
-        "densenet": "DenseNetSmall"}
+        "densenet": "DenseNetSmall", "resnet20": "ResNet20"}
 HAS_MAX_POOLING = ("vgg_maxpool", "resnet18")
 READ_AT = (32, 64, 128, 256)  # where a T-independent network's one run is also read
 RESULTS = ROOT / "benchmarks" / "results" / "networks_cpu.json"
@@ -163,9 +163,30 @@ def main() -> None:
                            cnn, base)
 
 
+def limit_summary(rows: list) -> list[str]:
+    """At the largest T of the rows: a row per method, a column per network, each cell the
+    agreement with the CNN time-stepped / in closed form (%), with n."""
+    steps = max(r["timesteps"] for r in rows)
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "CNN"))
+
+    def cell(net, method):
+        found = {r["mode"]: r for r in rows if r["net"] == net and r["method"] == method and r["timesteps"] == steps}
+        if "simulate" not in found:
+            return "–"
+        counted = f" / {100 * found['count']['agreement']:.0f}" if "count" in found else ""
+        return f"{100 * found['simulate']['agreement']:.0f}{counted} (n = {found['simulate']['n']})"
+
+    lines = [f"Agreement with the CNN at T = {steps}, % (time-stepped / closed form):", "",
+             "| method | " + " | ".join(nets) + " |", "|---|" + "---|" * len(nets)]
+    lines += [f"| {m} | " + " | ".join(cell(net, m) for net in nets) + " |" for m in methods]
+    return lines + [""]
+
+
 def markdown(rows: list) -> str:
-    """One table per network: a row per method (and max-pooling option) and mode, a column per T."""
-    lines = []
+    """One table per network: a row per method (and max-pooling option) and mode, a column per T
+    (after a summary of every method and network at the largest T, when that is 1024 or more)."""
+    lines = limit_summary(rows) if max(r["timesteps"] for r in rows) >= 1024 else []
     for net in dict.fromkeys(r["net"] for r in rows):
         mine = [r for r in rows if r["net"] == net]
         cnn = next(r for r in mine if r["method"] == "CNN")

@@ -25,7 +25,7 @@ from spkeras.ir import Node  # noqa: E402
 from spkeras.method import Method  # noqa: E402
 from spkeras.methods import PRESETS, get_method  # noqa: E402
 from spkeras.methods.framework import convert  # noqa: E402
-from spkeras.ops import run_graph  # noqa: E402
+from spkeras.ops import apply_cnn, run_graph  # noqa: E402
 from spkeras.passes import canonicalise  # noqa: E402
 from spkeras.simulate import MaxCurrent, _Neurons, _Value, simulate  # noqa: E402
 from spkeras.snn import load_snn  # noqa: E402
@@ -107,22 +107,41 @@ def test_rmp_keeps_weights_and_balances_thresholds(preset, alpha):
     below = 1.0                                              # λ_0 = 1: input in [0, 1]
     for site in CHAIN_SITES:
         attrs = net.graph.node(CHAIN_SPIKES[site]).attrs
-        assert attrs["threshold"] == pytest.approx(alpha * lam[site] / below, rel=1e-6), site   # α·λ_n/λ_{n-1}
+        # α·λ_n/u_{n-1}, where a spike of layer n−1 stands for u_{n-1} = α·λ_{n-1}
+        assert attrs["threshold"] == pytest.approx(alpha * lam[site] / below, rel=1e-6), site
         assert attrs["reset"] == "subtract" and attrs["step_current"] == 0.0
-        below = lam[site]
-    # biases are a per-step current in the units of the layer's input: b/λ_{n-1}
-    assert torch.allclose(net.graph.node("fc1").params["bias"], folded.node("fc1").params["bias"] / lam["relu2"],
-                          rtol=1e-6)
+        below = alpha * lam[site]
+    # biases are a per-step current in the units of the layer's input: b/(α·λ_{n-1})
+    assert torch.allclose(net.graph.node("fc1").params["bias"],
+                          folded.node("fc1").params["bias"] / (alpha * lam["relu2"]), rtol=1e-6)
 
 
 def test_rmp_shorthands_are_rmp_with_alpha():
     for name, alpha in (("rmp0.8", 0.8), ("rmp0.9", 0.9)):
         assert get_method(name) == get_method("rmp", threshold_scale=alpha).with_options(name=name)
     cnn, calib = chain_and_images()
-    plain = thresholds(convert(cnn, calib, get_method("rmp"), 64))
-    scaled = thresholds(convert(cnn, calib, get_method("rmp0.8"), 64))
-    for name, value in plain.items():
-        assert scaled[name] == pytest.approx(0.8 * value, rel=1e-12)
+    plain = convert(cnn, calib, get_method("rmp"), 64)
+    scaled = convert(cnn, calib, get_method("rmp0.8"), 64)
+    # only the first layer's threshold changes: above it, the α of the spikes below cancels
+    first = plain.spike_nodes[0].name
+    for name, value in thresholds(plain).items():
+        assert thresholds(scaled)[name] == pytest.approx(0.8 * value if name == first else value, rel=1e-12)
+    # what α does: every hidden layer's rate tends to clip(a/(α·λ), 0, 1), clipping at α·λ without compounding
+    caps = {site: 0.8 * scaled.lambdas[spike] for site, spike in CHAIN_SPIKES.items()}
+    clipped = {}
+
+    def clip_sites(node, inputs):  # the CNN with every site clipped at α·λ_n
+        value = apply_cnn(node, inputs)
+        return value.clamp(max=caps[node.name]) if node.name in caps else value
+
+    run_graph(canonicalise(cnn), calib, apply=clip_sites, observe=lambda n, v: clipped.__setitem__(n.name, v))
+    steps = 2000
+    counts = helpers.simulate_counting(scaled, calib, steps).neuron_counts
+    hidden = [site for site, spike in CHAIN_SPIKES.items() if spike != scaled.graph.output]
+    for site in hidden:
+        rate = clipped[site] / caps[site]
+        assert float((counts[CHAIN_SPIKES[site]] / steps - rate).abs().max()) < 0.01, site
+    assert any(float(clipped[site].max()) < float(activations(canonicalise(cnn), calib)[site].max()) for site in hidden)
 
 
 # ------------------------------------------------------------------ spikenorm

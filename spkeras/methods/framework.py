@@ -298,8 +298,10 @@ def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps
     """Propagate units through the graph and rescale synapses in place (Proposition 1).
 
     ``unit[x]`` is the CNN value that one SNN unit of node x stands for: 1 for the input,
-    λ_n for a spike (rate 1 ⇔ activation λ_n). Linear nodes keep their input's unit, except
-    the node feeding a neuron, which is rescaled by u_in·V_thr/λ_n.
+    α·λ_n for a spike (rate 1 ⇔ activation α·λ_n: a threshold scaled by α, as in RMP-SNN, makes
+    each spike stand for α·λ_n, and the layers above take that unit, so the scaling clips each
+    layer at α·λ_n instead of compounding from layer to layer). Linear nodes keep their input's
+    unit, except the node feeding a neuron, which is rescaled by u_in·V_thr/λ_n.
     """
     unit = {graph.input.name: 1.0}
     for node in graph.nodes[1:]:
@@ -311,7 +313,7 @@ def normalise(graph: Graph, lambdas: dict[str, float], method: Method, timesteps
             rescale(feeding_layer(graph, node),
                     1.0 if method.threshold_rule == "balance" else unit[source.name] * v_thr / lam)
             configure_neuron(node, v_thr * method.threshold_scale, method, timesteps)
-            unit[node.name] = lam
+            unit[node.name] = lam * method.threshold_scale
             continue
         first = unit[node.inputs[0]]
         if node.op in ("conv2d", "dense", "affine") and "bias" in node.params:
