@@ -41,7 +41,7 @@ from .plots import BarPanel, Panel, plot_bars, plot_panels
 from .progress import progress_bar
 from .simulate import NeuronCounts, RunOptions, simulate
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # raised whenever a conversion's result changes (2: threshold scaling no longer compounds)
 T_LIST = (32, 64, 128, 256, 512, 1024)      # Figures 3c–3e and 4
 FIG3A_T = 128
 FIG3B_T = (128, 256)
