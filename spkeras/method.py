@@ -51,8 +51,9 @@ class Method:
         "or spikenorm (largest current into layer n with the layers below spiking; needs threshold_rule balance)",
         choices=("max", "percentile", "model", "none", "spikenorm"))
     percentile: float = switch(99.9, "percentile of positive activations for statistic percentile, in (0, 100]")
-    threshold_scale: float = switch(1.0, "threshold scale α: every V_thr × α after normalisation, weights kept "
-                                         "(RMP: 0.8, 0.9)", flag="--alpha", metavar="ALPHA")
+    threshold_scale: float = switch(1.0, "threshold scale α: every V_thr × α after normalisation, weights kept; a "
+                                         "spike then stands for α·λ_n, which the layer above takes into account, so "
+                                         "α clips each layer at α·λ_n (RMP: 0.8, 0.9)", flag="--alpha", metavar="ALPHA")
     tre: str = switch("off", "TRE (Eq. 9): η·V_thr of charge spread over T as a per-step current, given at once "
                              "as V(0) (initial), or off", choices=("off", "spread", "initial"))
     eta: float = switch(0.5, "TRE η in [0, 1) (Eq. 9)")
