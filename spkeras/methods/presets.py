@@ -69,9 +69,9 @@ CAO2015 = Method(
 # with TRE given at once as V(0) = η·V_thr, average pools folded into the next layer's synapses
 # (no spiking neurons after them), a per-step, per-channel correction of each layer's input current
 # towards the rate model's while the layers below fill, one round of per-channel rate correction
-# towards the rate model, both on 128 calibration images, half as bias and half as initial
-# potential, and the output read from its membrane potential accumulated after a delay chosen on
-# 256 calibration images.
+# towards the rate model, both on 128 calibration images, the rate correction given all as
+# initial potential (none as bias, which would also drive the late steps), and the output read from
+# its membrane potential accumulated after a delay chosen on 256 calibration images.
 ECC_PLUS = ECC.with_options(
     name="ecc+",
     citation="ECC (Wu, Yi & Huang) with low-latency switches chosen on held-out calibration images",
@@ -82,7 +82,7 @@ ECC_PLUS = ECC.with_options(
     step_bias=True,
     rate_calibration=1,
     rate_calibration_images=128,
-    potential_share=0.5,
+    potential_share=1.0,
 )
 
 PRESETS: dict[str, Method] = {
