@@ -153,8 +153,7 @@ class CurrentStore:
     def __init__(self, budget: int = CURRENT_STORE_BYTES):
         self.budget = budget
         self.blocks: dict[tuple[int, int], _Value] = {}
-        self.size = 0
-        self.overflowed = False
+        self.size = 0  # bytes asked to keep so far; past the budget, nothing is kept
 
     def get(self, key: tuple[int, int]) -> _Value | None:
         return self.blocks.get(key)
@@ -164,7 +163,7 @@ class CurrentStore:
         if any(tensor.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() for b in spare.values()):
             current = _Value(tensor.clone(), current.constant)  # a view of a buffer the next block overwrites
         self.size += current.tensor.untyped_storage().nbytes()
-        if self.overflowed or self.size > self.budget:
-            self.overflowed, self.blocks = True, {}
+        if self.size > self.budget:
+            self.blocks = {}
             return
         self.blocks[key] = current

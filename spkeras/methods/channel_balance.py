@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, neurons
 from ..ops import run_graph
 from ..progress import announce
 
@@ -59,18 +59,13 @@ def absorbing_readers(graph: Graph, relu: Node) -> list[tuple[Node, int]] | None
         node, repeat = frontier.pop()
         for consumer in graph.consumers(node.name):
             if consumer.op in TRANSPARENT and consumer.name != graph.output:
-                spread = repeat * (positions(node) if consumer.op == "flatten" else 1)
+                spread = repeat * (neurons(node) // node.shape[0] if consumer.op == "flatten" else 1)
                 frontier.append((consumer, spread))
             elif consumer.op == "dense" or (consumer.op == "conv2d" and consumer.attrs.get("groups", 1) == 1):
                 readers.append((consumer, repeat))
             else:
                 return None
     return readers
-
-
-def positions(node: Node) -> int:
-    """Values per channel of a node's output (H·W of a map, 1 of a vector)."""
-    return int(torch.tensor(node.shape[1:]).prod()) if len(node.shape) > 1 else 1
 
 
 def channel_peaks(graph: Graph, sites: list[str], images: torch.Tensor, batch_size: int,

@@ -121,9 +121,8 @@ class PreparedConversion:
             net, walk = calibrate_rates(net, self.calibration[: method.rate_calibration_images],
                                         method.rate_calibration, self.device)
         if method.delay_calibration_images:
-            delay_images = self.calibration[: method.delay_calibration_images]
-            usable = walk is not None and walk.images.shape[0] <= delay_images.shape[0]
-            net = calibrate_readout_delay(net, delay_images, self.device, walk=walk if usable else None)
+            net = calibrate_readout_delay(net, self.calibration[: method.delay_calibration_images], self.device,
+                                          walk=walk)
         return net
 
 

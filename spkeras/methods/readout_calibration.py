@@ -36,11 +36,14 @@ def calibrate_readout_delay(net: SpikingNetwork, images: torch.Tensor, device: s
 
     The readout S(t) of ``images[:split]`` and of the rest are measured as two runs. A rate
     calibration's ``walk`` over the first ``split`` images (its images) has every layer below the
-    output kept, so those images cost only the output layer; without it both runs are simulated."""
+    output kept, so those images cost only the output layer; without it (or when it walked more
+    images than ``images``: one run) both runs are simulated."""
     steps = net.timesteps
+    if walk is not None and walk.images.shape[0] > images.shape[0]:
+        walk = None
     if walk is not None:
         split = walk.images.shape[0]
-        if split > images.shape[0] or not torch.equal(walk.images, images[:split]):
+        if not torch.equal(walk.images, images[:split]):
             raise ValueError("the walk's images must be the first of the delay-calibration images")
     announce(f"choosing readout delay ({images.shape[0]} images, T={steps})")
     parts = []
